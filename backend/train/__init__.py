@@ -1,0 +1,1 @@
+"""Training: losses (:mod:`.losses`) and crash-safe checkpoints (:mod:`.checkpoint`)."""
