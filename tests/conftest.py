@@ -1,0 +1,133 @@
+"""Shared pytest fixtures. Each block is owned by the helper named in its heading."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ==================================================================================
+# Backend server fixtures (wire protocol / server helper)
+# ==================================================================================
+
+
+@dataclass
+class ServerProcess:
+    """A real ``python -m backend serve`` subprocess and where it keeps its state."""
+
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    output: Path
+
+    @property
+    def connection_file(self) -> Path:
+        return self.state_dir / "connection.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "server.log"
+
+    def info(self):
+        from blender_addon import wire
+
+        return wire.read_connection_file(self.connection_file)
+
+    def client(self, **options):
+        from blender_addon import wire
+
+        options.setdefault("timeout", 30.0)
+        return wire.Client.from_connection_file(self.connection_file, client_name="pytest", **options)
+
+    def log_text(self) -> str:
+        return self.log_file.read_text(encoding="utf-8", errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM (clean shutdown), then kill if it hangs; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def server_environment(cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["NEURAL_AVATAR_CACHE"] = str(cache)  # stand-ins and the default state folder stay in tmp
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def start_server(root: Path, *arguments: str, timeout: float = 60.0) -> ServerProcess:
+    """Start a server with its state in ``root`` and wait for its connection file."""
+    state_dir = root / "state"
+    output = root / "server-output.txt"
+    command = [sys.executable, "-m", "backend", "serve", "--port", "0", "--device", "cpu", "--state-dir", str(state_dir)]
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [*command, *arguments], stdout=sink, stderr=subprocess.STDOUT, cwd=REPOSITORY_ROOT, env=server_environment(root / "cache")
+        )
+    server = ServerProcess(process, state_dir, output)
+    deadline = time.monotonic() + timeout
+    while not server.connection_file.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{output.read_text(errors='replace')}")
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"server did not start within {timeout} s:\n{output.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return server
+
+
+@pytest.fixture
+def run_backend(tmp_path: Path):
+    """Run ``python -m backend ARGS`` to completion (cache in tmp); returns the CompletedProcess."""
+
+    def run(*arguments: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "backend", *arguments],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPOSITORY_ROOT,
+            env=server_environment(tmp_path / "cache"),
+        )
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """One server per test module (started once: tests must leave it serving)."""
+    running = start_server(tmp_path_factory.mktemp("server"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path):
+    """A server of its own, for tests that stop it."""
+    running = start_server(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+# ================================================================ end of server fixtures
