@@ -1,0 +1,117 @@
+"""``python -m backend bench import``: motion import and image-write speed inside Blender.
+
+The backend never imports bpy, so the measurements run in a subprocess: a Python that has
+the bpy module (this interpreter when it has one, else ``--python``) or a Blender
+executable (run with ``-b --python-expr``). The Blender side is
+``blender_addon.bench_import``; this module starts it and prints the table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from backend.errors import AvatarError
+
+BLENDER_PYTHON_ENV = "NEURAL_AVATAR_BLENDER_PYTHON"
+RESULT_PREFIX = "BENCH_RESULT "  # as printed by blender_addon.bench_import
+REPOSITORY = Path(__file__).resolve().parents[2]
+TARGET_IMPORT_SECONDS = 1.5
+TARGET_SPEEDUP = 100.0
+TARGET_IMAGE_MS = 2.0
+
+
+def bench_command(python: str, arguments: list[str]) -> list[str]:
+    """The command running ``blender_addon.bench_import.main(arguments)`` with ``python``.
+
+    ``python`` is either a Python interpreter with the bpy module or a Blender executable.
+    """
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPOSITORY)!r}); "
+        "from blender_addon.bench_import import main; "
+        "argv = sys.argv[sys.argv.index('--') + 1:] if '--' in sys.argv else sys.argv[1:]; "
+        "raise SystemExit(main(argv))"
+    )
+    if Path(python).name.lower().startswith("blender"):
+        return [python, "-b", "--factory-startup", "--python-exit-code", "1", "--python-expr", code, "--", *arguments]
+    return [python, "-c", code, "--", *arguments]
+
+
+def find_blender_python(python: str | None = None) -> str:
+    """``python`` if given, else this interpreter when it has bpy, else ``$NEURAL_AVATAR_BLENDER_PYTHON``."""
+    if python:
+        return python
+    if importlib.util.find_spec("bpy") is not None:
+        return sys.executable
+    configured = os.environ.get(BLENDER_PYTHON_ENV)
+    if configured:
+        return configured
+    raise AvatarError(
+        "no Python with the bpy module: install bpy in this environment, pass --python "
+        f"(a Python with bpy, or a Blender executable) or set {BLENDER_PYTHON_ENV}"
+    )
+
+
+def measure(frames: int, repeats: int, python: str | None = None, loop_frames: int = 500) -> dict:
+    """Run the Blender-side benchmark and return its raw results."""
+    executable = find_blender_python(python)
+    arguments = ["--frames", str(frames), "--repeats", str(repeats), "--loop-frames", str(loop_frames)]
+    completed = subprocess.run(
+        bench_command(executable, arguments), cwd=REPOSITORY, capture_output=True, text=True, check=False
+    )
+    lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if completed.returncode != 0 or not lines:
+        tail = "\n".join((completed.stderr or completed.stdout).strip().splitlines()[-15:])
+        raise AvatarError(f"{executable}: the Blender benchmark failed (exit code {completed.returncode}):\n{tail}")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def _verdict(ok: bool) -> str:
+    return "meets target" if ok else "MISSES target"
+
+
+def report(result: dict) -> str:
+    """The table printed by ``run``."""
+    machine = result["machine"]
+    bulk = statistics.median(result["bulk_import"])
+    rig = statistics.median(result["rig_build"])
+    keys_only = max(bulk - rig, 1e-9)
+    loop = statistics.median(result["keyframe_insert"])
+    loop_frames, frames = result["loop_frames"], result["frames"]
+    loop_estimate = loop * frames / loop_frames
+    speedup = loop_estimate / keys_only
+    lines = [
+        f"machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}",
+        f"         Blender {machine['blender']}, Python {machine['python']}, numpy {machine['numpy']}",
+        f"data:    {frames} frames, {result['joints']} joints, {result['vertices']} vertices, "
+        f"{result['faces']} faces, {result['shape_keys']} shape keys (synthetic template)",
+        "",
+        f"bulk import (rig + mesh + shape keys + all keys), median of {len(result['bulk_import'])}: "
+        f"{bulk:.3f} s  [{_verdict(bulk <= TARGET_IMPORT_SECONDS)} <= {TARGET_IMPORT_SECONDS} s]",
+        f"  of which rig build (1-frame import): {rig:.3f} s; writing the keys: {keys_only:.3f} s",
+        f"keyframe_insert loop, {loop_frames} frames, median of {len(result['keyframe_insert'])}: {loop:.2f} s",
+        f"  extrapolated linearly to {frames} frames: {loop_estimate:.1f} s (a lower bound: the loop slows "
+        "down as curves grow)",
+        f"  bulk keys vs loop: {speedup:.0f}x faster  [{_verdict(speedup >= TARGET_SPEEDUP)} >= {TARGET_SPEEDUP:.0f}x]",
+        f"  whole bulk import vs loop keys alone: {loop_estimate / bulk:.0f}x faster",
+        "",
+        "image write (convert + flip + pixels.foreach_set + update), median ms:",
+    ]
+    for label, seconds in result["image_write"].items():
+        size, dtype = label.split()
+        milliseconds = 1000.0 * statistics.median(seconds)
+        target = f"  [{_verdict(milliseconds <= TARGET_IMAGE_MS)} <= {TARGET_IMAGE_MS} ms]" if size == "512" else ""
+        lines.append(f"  {size}x{size} {dtype:8s} {milliseconds:7.2f} ms{target}")
+    return "\n".join(lines)
+
+
+def run(frames: int = 10000, repeats: int = 20, python: str | None = None) -> None:
+    """Measure and print (``python -m backend bench import``)."""
+    if frames < 1 or repeats < 1:
+        raise AvatarError(f"frames and repeats must be positive, got {frames} and {repeats}")
+    print(report(measure(frames, repeats, python)))

@@ -1,0 +1,142 @@
+"""The "Avatar" tab of the 3D View sidebar.
+
+Sections: Backend, Import, Avatar, Render & Live, Retarget (MDA), Bake. Only controls that
+work are shown; sections whose operators need the backend connection say so instead of
+showing buttons that do nothing.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+from .operators import NEURAL_AVATAR_OT_match_scene_rate, NEURAL_AVATAR_OT_remove_avatar
+from .preferences import ADDON_PACKAGE, CONNECTION_ITEMS, MODEL_FAMILIES, addon_preferences
+from .rig import find_avatar
+
+CATEGORY = "Avatar"
+NEEDS_BACKEND = "Available once the backend connection is in place"
+
+
+class NEURAL_AVATAR_UL_shape_keys(bpy.types.UIList):
+    """Shape keys with their value sliders (Blender 5.0 replaced its own list with a tree view)."""
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_property, index=0, flt_flag=0):
+        row = layout.row(align=True)
+        row.label(text=item.name, icon="SHAPEKEY_DATA")
+        if item != data.reference_key:
+            row.prop(item, "value", text="", emboss=False)
+
+
+class _AvatarTab:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = CATEGORY
+
+
+class NEURAL_AVATAR_PT_main(_AvatarTab, bpy.types.Panel):
+    bl_label = "Neural Avatar"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        avatars = sum(1 for obj in context.scene.objects if obj.neural_avatar.role == "ARMATURE")
+        self.layout.label(text=f"{avatars} avatar{'s' if avatars != 1 else ''} in this scene")
+
+
+class NEURAL_AVATAR_PT_backend(_AvatarTab, bpy.types.Panel):
+    bl_label = "Backend"
+    bl_parent_id = "NEURAL_AVATAR_PT_main"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        prefs = addon_preferences(context)
+        if prefs is None:
+            layout.label(text="Add-on preferences unavailable", icon="ERROR")
+            return
+        mode = next(label for key, label, _ in CONNECTION_ITEMS if key == prefs.connection)
+        layout.label(text=mode, icon="CONSOLE")
+        column = layout.column(align=True)
+        for family, label in MODEL_FAMILIES:
+            folder = prefs.model_folder(family).rstrip("/\\")
+            column.label(text=f"{label}: {bpy.path.basename(folder) if folder else 'stand-in'}")
+        layout.operator("preferences.addon_show", text="Settings", icon="PREFERENCES").module = ADDON_PACKAGE
+
+
+class NEURAL_AVATAR_PT_import(_AvatarTab, bpy.types.Panel):
+    bl_label = "Import"
+    bl_parent_id = "NEURAL_AVATAR_PT_main"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        render = context.scene.render
+        self.layout.label(text=f"Scene rate: {render.fps / render.fps_base:.6g} fps")
+        self.layout.label(text=NEEDS_BACKEND, icon="INFO")
+
+
+class NEURAL_AVATAR_PT_avatar(_AvatarTab, bpy.types.Panel):
+    bl_label = "Avatar"
+    bl_parent_id = "NEURAL_AVATAR_PT_main"
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        avatar = find_avatar(context.active_object)
+        if avatar is None:
+            layout.label(text="Select an avatar")
+            return
+        state = avatar.armature.neural_avatar
+        column = layout.column(align=True)
+        family = state.family.upper() + (" (stand-in)" if state.is_standin else "")
+        column.label(text=f"{avatar.root.name}: {family}", icon="ARMATURE_DATA")
+        if state.source:
+            column.label(text=bpy.path.basename(state.source))
+        last = state.frame_start + state.frame_count - 1
+        column.label(text=f"Frames {state.frame_start}-{last} at {state.motion_fps:.6g} fps, {state.up_axis} up")
+        if state.avatar_id:
+            column.label(text=f"Avatar ID: {state.avatar_id}")
+        layout.operator(NEURAL_AVATAR_OT_match_scene_rate.bl_idname, icon="TIME")
+
+        key = avatar.mesh.data.shape_keys
+        if key is not None:
+            layout.label(text="Shape Keys")
+            list_type = NEURAL_AVATAR_UL_shape_keys.__name__
+            layout.template_list(list_type, "", key, "key_blocks", avatar.mesh, "active_shape_key_index", rows=4)
+        layout.operator(NEURAL_AVATAR_OT_remove_avatar.bl_idname, icon="TRASH")
+
+
+class _BackendSection(_AvatarTab):
+    bl_parent_id = "NEURAL_AVATAR_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        self.layout.label(text=NEEDS_BACKEND, icon="INFO")
+
+
+class NEURAL_AVATAR_PT_render(_BackendSection, bpy.types.Panel):
+    bl_label = "Render & Live"
+
+
+class NEURAL_AVATAR_PT_retarget(_BackendSection, bpy.types.Panel):
+    bl_label = "Retarget (MDA)"
+
+
+class NEURAL_AVATAR_PT_bake(_BackendSection, bpy.types.Panel):
+    bl_label = "Bake"
+
+
+PANELS = (
+    NEURAL_AVATAR_PT_main,
+    NEURAL_AVATAR_PT_backend,
+    NEURAL_AVATAR_PT_import,
+    NEURAL_AVATAR_PT_avatar,
+    NEURAL_AVATAR_PT_render,
+    NEURAL_AVATAR_PT_retarget,
+    NEURAL_AVATAR_PT_bake,
+)
+CLASSES = (NEURAL_AVATAR_UL_shape_keys, *PANELS)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)
