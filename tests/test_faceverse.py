@@ -15,6 +15,7 @@ from scipy.spatial.transform import Rotation
 from backend.bodies import faceverse as fv
 from backend.bodies import standin_faceverse as standin
 from backend.bodies.faceverse import ARKIT_BLENDSHAPE_NAMES, euler_to_matrix, load_faceverse, matrix_to_euler
+from backend.bodies.model_files import sha256_file
 from backend.errors import ModelFileError
 
 FLIP_YZ = np.diag([1.0, -1.0, -1.0])
@@ -80,8 +81,9 @@ def test_standin_generation_is_deterministic(standin_folder):
 
 def test_standin_file_is_reused_and_regenerated(standin_folder, monkeypatch):
     path = standin_folder / standin.FILE_NAME
-    sidecar = json.loads((standin_folder / f"{standin.FILE_NAME}.json").read_text())
-    assert sidecar["generator_version"] == standin.GENERATOR_VERSION
+    sidecar_path = standin_folder / f"{standin.FILE_NAME}.standin.json"  # the sidecar every stand-in family uses
+    sidecar = json.loads(sidecar_path.read_text())
+    assert sidecar["version"] == standin.GENERATOR_VERSION
     written = path.stat().st_mtime_ns
     assert standin.ensure_standin_file(standin_folder) == path
     assert path.stat().st_mtime_ns == written  # reused as is
@@ -90,12 +92,12 @@ def test_standin_file_is_reused_and_regenerated(standin_folder, monkeypatch):
     with open(path, "ab") as handle:  # damaged: the sha256 no longer matches
         handle.write(b"x")
     standin.ensure_standin_file(standin_folder)
-    assert standin._sha256(path) == sidecar["sha256"]
+    assert sha256_file(path) == sidecar["sha256"]
 
     monkeypatch.setattr(standin, "GENERATOR_VERSION", standin.GENERATOR_VERSION + 1)
     standin.ensure_standin_file(standin_folder)
-    renewed = json.loads((standin_folder / f"{standin.FILE_NAME}.json").read_text())
-    assert renewed["generator_version"] == standin.GENERATOR_VERSION
+    renewed = json.loads(sidecar_path.read_text())
+    assert renewed["version"] == standin.GENERATOR_VERSION
     assert not list(standin_folder.glob("*.tmp"))
 
 

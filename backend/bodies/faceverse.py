@@ -1,8 +1,9 @@
 """FaceVerse face model: a safe reader for the released ``.npy`` files (v2 and v3) and ``FaceVerseModel``.
 
 A FaceVerse file is a pickled dict saved with ``np.save``. It is read here with numpy's ``.npy``
-header parser and a restricted unpickler that only rebuilds numpy arrays, dtypes, scalars and
-plain containers, so a crafted file cannot run code.
+header parser and the restricted unpickler of ``model_files`` (the one SMPL-family pickles go
+through), which only rebuilds numpy arrays, dtypes, scalars and plain containers, so a crafted
+file cannot run code.
 
 Frames and units (checked against the released FaceVerse code and a mesh exported from v3):
 
@@ -26,15 +27,14 @@ v2 tracker rotates the raw Y-down v2 frame and starts from x = pi, so its angles
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from backend.bodies.base import BodyModel, BodyOutput
+from backend.bodies.model_files import ForbiddenGlobal, read_npy_header, restricted_load
 from backend.errors import ModelFileError
 from backend.paths import MODEL_SOURCES
 
@@ -68,62 +68,20 @@ _HINT = MODEL_SOURCES["faceverse"]
 # Safe reading of the pickled dict
 
 
-class _ForbiddenGlobal(Exception):
-    def __init__(self, module: str, name: str):
-        super().__init__(f"{module}.{name}")
-        self.qualified_name = f"{module}.{name}"
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    """Everything a pickled dict of numpy arrays, lists and strings refers to, and nothing else."""
-    reconstruct = np.zeros(1).__reduce__()[0]  # numpy's array rebuild function, whatever module it lives in
-    scalar = np.float64(0).__reduce__()[0]
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x and 2.x files
-        allowed[(module, "_reconstruct")] = reconstruct
-        allowed[(module, "scalar")] = scalar
-    for builtin in (dict, list, tuple, set, frozenset, str, bytes, bytearray, int, float, complex, bool):
-        for module in ("builtins", "__builtin__"):  # Python 3 and Python 2 pickles
-            allowed[(module, builtin.__name__)] = builtin
-    import _codecs
-
-    allowed[("_codecs", "encode")] = _codecs.encode  # how Python 3 writes bytes in protocol-2 pickles
-    return allowed
-
-
-class _ModelUnpickler(pickle.Unpickler):
-    _allowed = _allowed_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise _ForbiddenGlobal(module, name) from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise pickle.UnpicklingError("persistent ids are not allowed in a model file")
-
-
 def read_pickled_dict(path: Path) -> dict:
     """The dict stored in a FaceVerse-style ``.npy`` file, unpickled with only numpy/builtin types allowed."""
     try:
         with open(path, "rb") as handle:
             try:
-                version = np.lib.format.read_magic(handle)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
-                elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
-                else:
-                    raise ValueError(f".npy format version {version} is not supported")
+                shape, _, dtype = read_npy_header(handle)
             except ValueError as exc:
                 raise ModelFileError(path, f"not a readable .npy file ({exc})", hint=_HINT) from None
             if not dtype.hasobject:
                 problem = f"holds a plain {dtype} array of shape {shape}, not the pickled dict of a FaceVerse model"
                 raise ModelFileError(path, problem, hint=_HINT)
             try:
-                stored = _ModelUnpickler(handle, encoding="latin1").load()
-            except _ForbiddenGlobal as exc:
+                stored = restricted_load(handle)
+            except ForbiddenGlobal as exc:
                 raise ModelFileError(
                     path,
                     f"refused to unpickle {exc.qualified_name}: a FaceVerse model holds only numpy arrays, lists and "

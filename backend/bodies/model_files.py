@@ -9,8 +9,9 @@ files) into numpy arrays without importing chumpy.
 
 Files that needed any of that are rewritten once as a clean ``.npz`` under
 ``cache_dir()/converted/`` (keyed by the source file's sha256), which is what ``smplx``
-is then given. The module also holds the atomic-write and stand-in bookkeeping helpers
-(generator version + sha256 in a sidecar JSON) used by the stand-in generators.
+is then given. FaceVerse's pickled-dict ``.npy`` files go through the same unpickler. The module
+also holds the atomic-write and stand-in bookkeeping helpers (generator name, version and sha256
+in a ``<file>.standin.json`` sidecar) used by all the stand-in generators.
 """
 
 from __future__ import annotations
@@ -95,26 +96,34 @@ class _ChumpyArray:
 
 
 def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """Every global a pickle of numpy arrays, sparse matrices and plain values refers to, and nothing else.
+
+    Serves SMPL-family ``.pkl`` files, object members of ``.npz`` files and FaceVerse's pickled-dict ``.npy``.
+    """
     import copyreg
 
     import scipy.sparse
 
-    allowed: dict[tuple[str, str], Any] = {}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = np.core.multiarray._reconstruct
-        allowed[(module, "scalar")] = np.core.multiarray.scalar
-    for module in ("numpy.core.numeric", "numpy._core.numeric"):
-        allowed[(module, "_frombuffer")] = np.core.numeric._frombuffer
-    allowed[("numpy", "ndarray")] = np.ndarray
-    allowed[("numpy", "dtype")] = np.dtype
+    sample = np.zeros(1)
+    # numpy's rebuild functions, taken from numpy itself so the module they live in (numpy.core in 1.x,
+    # numpy._core in 2.x) does not matter; files written by either version name one of the two.
+    reconstruct, scalar = sample.__reduce__()[0], np.float64(0).__reduce__()[0]
+    frombuffer = sample.__reduce_ex__(5)[0]  # protocol-5 pickles of contiguous arrays
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for module in ("numpy.core", "numpy._core"):
+        allowed[(f"{module}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{module}.multiarray", "scalar")] = scalar
+        allowed[(f"{module}.numeric", "_frombuffer")] = frombuffer
     for module in ("copy_reg", "copyreg"):
         allowed[(module, "_reconstructor")] = copyreg._reconstructor
     # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, "latin1"); it only encodes text.
     allowed[("_codecs", "encode")] = codecs.encode
+    # Plain value types (Python 2 and 3 module names): sets, empty bytes, complex numbers and the like are
+    # pickled as calls of their type; none of these can reach anything else.
+    plain = (object, dict, list, tuple, set, frozenset, str, bytes, bytearray, int, float, complex, bool)
     for module in ("__builtin__", "builtins"):
-        allowed[(module, "object")] = object
-        allowed[(module, "set")] = set
-        allowed[(module, "frozenset")] = frozenset
+        for builtin in plain:
+            allowed[(module, builtin.__name__)] = builtin
     # Real SMPL-family pickles store J_regressor as a sparse matrix; the module path changed over scipy versions.
     for kind in ("csc", "csr", "coo"):
         cls = getattr(scipy.sparse, f"{kind}_matrix")
@@ -123,10 +132,18 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
     return allowed
 
 
+class ForbiddenGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside the allow-list (``qualified_name``, e.g. ``posix.system``)."""
+
+    def __init__(self, module: str, name: str):
+        self.qualified_name = f"{module}.{name}"
+        super().__init__(f"refusing to load {self.qualified_name} (only numpy/scipy data is allowed)")
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that can only build numpy arrays, scipy sparse matrices and plain containers.
 
-    Any other global (``os.system``, ``builtins.eval``, ...) raises UnpicklingError before
+    Any other global (``os.system``, ``builtins.eval``, ...) raises :class:`ForbiddenGlobal` before
     anything is called. chumpy classes map to :class:`_ChumpyArray` so chumpy is never imported.
     """
 
@@ -140,12 +157,28 @@ class RestrictedUnpickler(pickle.Unpickler):
         try:
             return RestrictedUnpickler._allowed[(module, name)]
         except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy/scipy data is allowed)") from None
+            raise ForbiddenGlobal(module, name) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent ids are not allowed in a model file")
 
 
 def restricted_load(stream: IO[bytes]) -> Any:
     """Unpickle with :class:`RestrictedUnpickler` (latin1 strings, as Python 2 era model files need)."""
     return RestrictedUnpickler(stream, encoding="latin1").load()
+
+
+def read_npy_header(stream: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Read a ``.npy`` header (format 1.0 or 2.0): (shape, fortran_order, dtype); the data follows.
+
+    Raises ValueError for anything that is not such a header.
+    """
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise ValueError(f".npy format version {version} is not supported")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -199,11 +232,7 @@ def _read_pickle(path: Path, family: str) -> ModelData:
 def _read_object_member(archive: zipfile.ZipFile, member: str) -> Any:
     """Read an object-dtype ``.npy`` member of an npz through the restricted unpickler."""
     with archive.open(member) as stream:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            np.lib.format.read_array_header_1_0(stream)
-        else:
-            np.lib.format.read_array_header_2_0(stream)
+        read_npy_header(stream)
         return restricted_load(stream)
 
 

@@ -19,11 +19,7 @@ deviation each.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +27,10 @@ from scipy.interpolate import PchipInterpolator
 from scipy.spatial import Delaunay
 
 from backend.bodies.faceverse import ARKIT_BLENDSHAPE_NAMES
+from backend.bodies.model_files import atomic_writer, ensure_standin, standin_record
 from backend.paths import standin_dir
 
+GENERATOR = "neural-avatar faceverse stand-in"
 GENERATOR_VERSION = 1
 FILE_NAME = "faceverse_v3_1.npy"
 SEED = 20240601
@@ -807,68 +805,24 @@ def standin_bytes() -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: readers never see a half-written file."""
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(f"{path.name}.json")
-
-
-def _record(path: Path) -> dict | None:
-    """The sidecar record of a generated stand-in, if ``path`` is one and unchanged since."""
-    try:
-        record = json.loads(_sidecar(path).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("generator") != __name__ or not path.is_file():
-        return None
-    return record if record.get("sha256") == _sha256(path) else None
+def write_standin(path: Path) -> None:
+    """Write the stand-in file to ``path`` atomically."""
+    with atomic_writer(path) as stream:
+        stream.write(standin_bytes())
 
 
 def is_standin_file(path: Path) -> bool:
     """True for a file this generator wrote (so it is labelled a stand-in wherever it is loaded from)."""
-    return _record(Path(path)) is not None
+    record = standin_record(path)
+    return record is not None and record.get("generator") == GENERATOR
 
 
 def ensure_standin_file(folder: Path | None = None) -> Path:
     """The stand-in file, generated on first use and regenerated when the generator changes.
 
-    A sidecar ``<file>.json`` records the generator version and the file's sha256; a missing,
-    stale or mismatching sidecar makes the file be written again.
+    The sidecar ``<file>.standin.json`` (see ``model_files.ensure_standin``) records the generator,
+    its version and the file's sha256; a missing, stale or mismatching sidecar makes the file be
+    written again.
     """
     folder = Path(folder) if folder is not None else standin_dir() / "faceverse"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / FILE_NAME
-    record = _record(path)
-    if record is not None and record.get("generator_version") == GENERATOR_VERSION:
-        return path
-    data = standin_bytes()
-    _write_atomically(path, data)
-    record = {
-        "generator": __name__,
-        "generator_version": GENERATOR_VERSION,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
-        "note": "procedural stand-in in the FaceVerse v3 layout, not the FaceVerse model",
-    }
-    _write_atomically(_sidecar(path), json.dumps(record, indent=2).encode())
-    return path
+    return ensure_standin(folder / FILE_NAME, GENERATOR, GENERATOR_VERSION, write_standin)
