@@ -61,6 +61,34 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(args: argparse.Namespace, description: str):
+    from backend.progress import make_progress
+
+    return make_progress(args.progress, description)
+
+
+def _cmd_sample_capture(args: argparse.Namespace) -> int:
+    from backend.capture.sample import SampleCaptureConfig, contact_sheet, generate_sample_capture
+
+    config = SampleCaptureConfig(
+        train_frames=args.train_frames, test_frames=args.test_frames, size=args.size, seed=args.seed, noise=args.noise
+    )
+    with _progress(args, "sample capture") as progress:
+        out = generate_sample_capture(Path(args.out), config, progress=progress)
+    if args.contact_sheet:
+        contact_sheet(out, Path(args.contact_sheet))
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from backend.demo import run_demo
+
+    with _progress(args, "demo") as progress:
+        run_demo(Path(args.out), progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m backend",
@@ -68,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--progress",
-        choices=["auto", "tqdm", "jsonl", "none"],
+        choices=["auto", "tqdm", "log", "jsonl", "none"],
         default="auto",
         help="how long-running commands report progress (jsonl: machine-readable events, used by server jobs)",
     )
@@ -81,6 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="show which body models are in use (real or stand-in), generating stand-ins if needed",
     )
     p.set_defaults(handler=_cmd_models)
+
+    p = sub.add_parser(
+        "sample-capture", help="render the synthetic sample capture (stand-in body, procedural motion and outfit)"
+    )
+    p.add_argument("out", help="capture folder to write (replaced if it exists)")
+    p.add_argument("--train-frames", type=int, default=360, help="frames of the training performance")
+    p.add_argument("--test-frames", type=int, default=60, help="held-out frames with unseen poses")
+    p.add_argument("--size", type=int, default=256, help="frame width and height in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=0.0, help="tracking noise std written into tracking.npz (radians)")
+    p.add_argument("--contact-sheet", metavar="PNG", help="also write a contact sheet of frames and masks")
+    p.set_defaults(handler=_cmd_sample_capture)
+
+    p = sub.add_parser("demo", help="the README demo: stand-ins, sample capture, contact sheet")
+    p.add_argument("out", nargs="?", default="out/demo", help="output folder")
+    p.set_defaults(handler=_cmd_demo)
 
     p = sub.add_parser("serve", help="run the local backend server the Blender add-on talks to")
     p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 picks a free one)")
