@@ -29,26 +29,25 @@ class ModelFileError(AvatarError):
         super().__init__(message)
 
 
-class CaptureFormatError(AvatarError):
+class FileProblemError(AvatarError):
+    """A file or folder the user named is missing or malformed; the message names it."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class CaptureFormatError(FileProblemError):
     """A capture folder, tracking file or motion file does not follow the format."""
 
     code = "capture_format"
 
-    def __init__(self, path: str | Path, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
-
-class CheckpointError(AvatarError):
+class CheckpointError(FileProblemError):
     """An avatar checkpoint is missing, truncated, tampered with or incompatible."""
 
     code = "checkpoint"
-
-    def __init__(self, path: str | Path, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 class DeviceError(AvatarError):
