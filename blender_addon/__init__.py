@@ -22,7 +22,8 @@ bl_info = {
 }
 
 # Registration order: property types before the classes that point at them; panels last.
-_REGISTERED_MODULES = ("properties", "preferences", "operators", "panels")
+# The backend session comes first so that it is stopped last, after its operators are gone.
+_REGISTERED_MODULES = ("backend_process", "properties", "preferences", "operators", "panels")
 _registered: list = []
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from . import motion_math
 from .animation import Channels, custom_property_path, data_path_item, frame_numbers
 from .camera import build_camera, read_camera
-from .motion_data import POSE_LAYOUTS, BodyTemplate, Motion, motion_from_arrays, template_from_arrays
+from .motion_data import POSE_LAYOUTS, AvatarDataError, BodyTemplate, Motion, motion_from_arrays, template_from_arrays
 from .properties import (
     BETAS_PROPERTY,
     EXPRESSION_NAMES_PROPERTY,
@@ -31,6 +31,7 @@ from .scene_changes import SceneChanges, undo_on_error
 FRAME_RATE_MODES = ("auto", "motion", "scene")
 GROUND_MODES = ("none", "first_frame", "sequence")
 FACEVERSE_GROUP = "FaceVerse"
+GENDERS = ("neutral", "male", "female")
 
 
 @dataclass
@@ -75,7 +76,7 @@ def import_motion(
     """Build an avatar for ``template`` animated by ``motion``; returns its armature object.
 
     ``template``: ``BodyModel.template()`` arrays; ``names``: joint/shape/expression names
-    (+ family, source, is_standin); ``motion``: see ``motion_data``. Raises
+    (+ family, source, is_standin, gender); ``motion``: see ``motion_data``. Raises
     ``motion_data.AvatarDataError`` for malformed input before touching the scene; any
     later failure removes everything created and restores changed scene settings.
     """
@@ -83,6 +84,9 @@ def import_motion(
     options.check()
     body = template_from_arrays(template, names)
     moves = motion_from_arrays(motion, body)
+    gender = str(names.get("gender", "neutral"))
+    if gender not in GENDERS:
+        raise AvatarDataError(f"template: gender must be one of {GENDERS}, got {gender!r}")
     scene = context.scene
     if context.mode != "OBJECT" and context.view_layer.objects.active is not None:
         bpy.ops.object.mode_set(mode="OBJECT")
@@ -108,7 +112,7 @@ def import_motion(
                 collection,
                 options.make_camera_active,
             )
-        _store_state(avatar, body, moves, options, scene.render, start, timeline.num_frames)
+        _store_state(avatar, body, moves, options, scene.render, start, timeline.num_frames, gender)
         if options.set_frame_range:
             changes.set(scene, "frame_start", start)
             changes.set(scene, "frame_end", start + timeline.num_frames - 1)
@@ -199,6 +203,7 @@ def _store_state(
     render: bpy.types.RenderSettings,
     start: int,
     count: int,
+    gender: str,
 ) -> None:
     roles = ((avatar.root, "ROOT"), (avatar.armature, "ARMATURE"), (avatar.mesh, "MESH"), (avatar.camera, "CAMERA"))
     for obj, role in roles:
@@ -210,6 +215,7 @@ def _store_state(
         state.family = body.family
         state.source = body.source
         state.is_standin = body.is_standin
+        state.gender = gender
         state.fps, state.fps_base = render.fps, render.fps_base
         state.up_axis = moves.up_axis
         state.frame_start = start
@@ -247,6 +253,7 @@ def export_motion(armature: bpy.types.Object) -> dict[str, object]:
     out: dict[str, object] = {
         "fps": motion_math.scene_frame_rate(state.fps, state.fps_base),
         "up_axis": state.up_axis,
+        "gender": state.gender,
         "transl": channels.read(data_path_item("pose.bones", bone_names[0], "location"), 3, frames).astype(np.float32),
         "betas": np.asarray(armature.get(BETAS_PROPERTY, []), np.float32),
     }

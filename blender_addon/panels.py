@@ -1,20 +1,31 @@
 """The "Avatar" tab of the 3D View sidebar.
 
 Sections: Backend, Import, Avatar, Render & Live, Retarget (MDA), Bake. Only controls that
-work are shown; sections whose operators need the backend connection say so instead of
-showing buttons that do nothing.
+work are shown; sections whose backend requests do not exist yet say so instead of showing
+buttons that do nothing. Drawing never talks to the backend: it shows what the session
+last learnt (status, device, body models from ``info``).
 """
 
 from __future__ import annotations
 
 import bpy
 
-from .operators import NEURAL_AVATAR_OT_match_scene_rate, NEURAL_AVATAR_OT_remove_avatar
+from . import backend_process
+from .operators import (
+    NEURAL_AVATAR_OT_backend_connect,
+    NEURAL_AVATAR_OT_backend_show_log,
+    NEURAL_AVATAR_OT_backend_start,
+    NEURAL_AVATAR_OT_backend_stop,
+    NEURAL_AVATAR_OT_export_motion,
+    NEURAL_AVATAR_OT_import_motion,
+    NEURAL_AVATAR_OT_match_scene_rate,
+    NEURAL_AVATAR_OT_remove_avatar,
+)
 from .preferences import ADDON_PACKAGE, CONNECTION_ITEMS, MODEL_FAMILIES, addon_preferences
 from .rig import find_avatar
 
 CATEGORY = "Avatar"
-NEEDS_BACKEND = "Available once the backend connection is in place"
+NEEDS_BACKEND = "Available once the backend supports it"
 
 
 class NEURAL_AVATAR_UL_shape_keys(bpy.types.UIList):
@@ -51,13 +62,47 @@ class NEURAL_AVATAR_PT_backend(_AvatarTab, bpy.types.Panel):
         if prefs is None:
             layout.label(text="Add-on preferences unavailable", icon="ERROR")
             return
-        mode = next(label for key, label, _ in CONNECTION_ITEMS if key == prefs.connection)
-        layout.label(text=mode, icon="CONSOLE")
+        session = backend_process.session()
+        column = layout.column(align=True)
+        column.label(text=f"Backend: {session.status}", icon="CHECKMARK" if session.connected else "CONSOLE")
+        info = session.server_info
+        if session.connected and info:
+            column.label(text=f"Device: {session.device}, version {info.get('version', '?')}")
+        elif session.client is None and session.starting is None:
+            mode = next(label for key, label, _ in CONNECTION_ITEMS if key == prefs.connection)
+            column.label(text=mode)
+
         column = layout.column(align=True)
         for family, label in MODEL_FAMILIES:
             folder = prefs.model_folder(family).rstrip("/\\")
-            column.label(text=f"{label}: {bpy.path.basename(folder) if folder else 'stand-in'}")
+            if folder:
+                column.label(text=f"{label}: {bpy.path.basename(folder)}")
+            else:
+                column.label(text=f"{label}: {server_model_label(info, family) if session.connected else 'stand-in'}")
+
+        row = layout.row(align=True)
+        if session.client is not None or session.starting is not None:
+            row.operator(NEURAL_AVATAR_OT_backend_stop.bl_idname, icon="CANCEL", text="Stop" if session.owned else "Disconnect")
+        elif prefs.connection == "START":
+            row.operator(NEURAL_AVATAR_OT_backend_start.bl_idname, icon="PLAY", text="Start")
+        else:
+            row.operator(NEURAL_AVATAR_OT_backend_connect.bl_idname, icon="LINKED", text="Connect")
+        if session.log_file is not None:
+            row.operator(NEURAL_AVATAR_OT_backend_show_log.bl_idname, icon="TEXT", text="Log")
         layout.operator("preferences.addon_show", text="Settings", icon="PREFERENCES").module = ADDON_PACKAGE
+
+
+def server_model_label(info: dict, family: str) -> str:
+    """What the backend uses for a family when no folder is set (from ``info``'s body-model lines)."""
+    lines = info.get("bodies")
+    if not isinstance(lines, list):
+        return "default (see the backend log)" if lines else "default"
+    for line in lines:
+        name, _, rest = str(line).partition(" ")
+        if name == family:
+            label = rest.strip().split(":", 1)[0]
+            return "stand-in" if label.endswith("[stand-in]") else label
+    return "default"
 
 
 class NEURAL_AVATAR_PT_import(_AvatarTab, bpy.types.Panel):
@@ -65,9 +110,12 @@ class NEURAL_AVATAR_PT_import(_AvatarTab, bpy.types.Panel):
     bl_parent_id = "NEURAL_AVATAR_PT_main"
 
     def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
         render = context.scene.render
-        self.layout.label(text=f"Scene rate: {render.fps / render.fps_base:.6g} fps")
-        self.layout.label(text=NEEDS_BACKEND, icon="INFO")
+        layout.label(text=f"Scene rate: {render.fps / render.fps_base:.6g} fps")
+        column = layout.column(align=True)
+        column.operator(NEURAL_AVATAR_OT_import_motion.bl_idname, icon="IMPORT")
+        column.operator(NEURAL_AVATAR_OT_export_motion.bl_idname, icon="EXPORT")
 
 
 class NEURAL_AVATAR_PT_avatar(_AvatarTab, bpy.types.Panel):

@@ -20,12 +20,18 @@ class NEURAL_AVATAR_AP_preferences(bpy.types.AddonPreferences):
 
     backend_python: StringProperty(
         name="Backend Python",
-        description="Python executable of the backend's virtual environment (install.py fills this in)",
+        description="The backend's Python executable or virtual-environment folder "
+        "(empty: the one install.py recorded in backend.json next to the add-on)",
         subtype="FILE_PATH",
     )
     connection: EnumProperty(name="Connection", items=CONNECTION_ITEMS, default="START")
     auto_start: BoolProperty(
         name="Start Automatically", description="Start the backend the first time it is needed", default=True
+    )
+    state_folder: StringProperty(
+        name="State Folder",
+        description="Where the started backend keeps its connection file, log and jobs (empty: Blender's user data folder)",
+        subtype="DIR_PATH",
     )
     connection_file: StringProperty(
         name="Connection File", description="The connection file a running backend wrote", subtype="FILE_PATH"
@@ -53,6 +59,10 @@ class NEURAL_AVATAR_AP_preferences(bpy.types.AddonPreferences):
         """The chosen folder for a family, or "" for the stand-in."""
         return getattr(self, f"{family}_folder").strip()
 
+    def model_folders(self) -> dict[str, str]:
+        """Absolute model folder per family ("" for the default), as the backend's requests take them."""
+        return {family: bpy.path.abspath(self.model_folder(family)) if self.model_folder(family) else "" for family, _ in MODEL_FAMILIES}
+
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
         box = layout.box()
@@ -60,6 +70,7 @@ class NEURAL_AVATAR_AP_preferences(bpy.types.AddonPreferences):
         box.prop(self, "connection")
         if self.connection == "START":
             box.prop(self, "backend_python")
+            box.prop(self, "state_folder")
             box.prop(self, "auto_start")
         elif self.connection == "FILE":
             box.prop(self, "connection_file")

@@ -26,6 +26,11 @@ ROLE_ITEMS = (
     ("MESH", "Body", "The skinned body mesh with identity and expression shape keys"),
     ("CAMERA", "Camera", "The capture camera"),
 )
+GENDER_ITEMS = (
+    ("neutral", "Neutral", "Gender-neutral body model"),
+    ("male", "Male", "Male body model"),
+    ("female", "Female", "Female body model"),
+)
 UP_AXIS_ITEMS = (
     ("y", "Y up", "Tracked captures in the body-model frame"),
     ("-y", "-Y up", "Worlds whose Y axis points down"),
@@ -46,6 +51,7 @@ class NEURAL_AVATAR_PG_object(bpy.types.PropertyGroup):
     family: StringProperty(name="Body Model", description="smplx, mano or faceverse")
     source: StringProperty(name="Model File", description="The body-model file the template came from")
     is_standin: BoolProperty(name="Stand-in", description="The body model is a generated stand-in, not the real one")
+    gender: EnumProperty(name="Gender", description="Which SMPL-X model the body was built from", items=GENDER_ITEMS, default="neutral")
     # The keyed frames' rate as Blender's exact (fps, fps_base) pair, as set on the scene at import.
     fps: IntProperty(name="FPS", description="Keyed frames play at fps / fps_base frames per second", min=1)
     fps_base: FloatProperty(

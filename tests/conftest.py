@@ -131,3 +131,43 @@ def fresh_server(tmp_path: Path):
 
 
 # ================================================================ end of server fixtures
+
+
+# ==================================================================================
+# Add-on <-> backend fixtures (client / backend-process helper)
+# ==================================================================================
+
+
+@pytest.fixture(scope="session")
+def shared_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One NEURAL_AVATAR_CACHE for the whole session, so the stand-in models are generated once."""
+    return tmp_path_factory.mktemp("shared-model-cache")
+
+
+@pytest.fixture(scope="module")
+def model_cache_env(shared_model_cache: Path):
+    """Point this test process's body-model loaders at the shared cache for one module."""
+    previous = os.environ.get("NEURAL_AVATAR_CACHE")
+    os.environ["NEURAL_AVATAR_CACHE"] = str(shared_model_cache)
+    try:
+        yield shared_model_cache
+    finally:
+        if previous is None:
+            os.environ.pop("NEURAL_AVATAR_CACHE", None)
+        else:
+            os.environ["NEURAL_AVATAR_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def shared_cache_server(tmp_path_factory: pytest.TempPathFactory, model_cache_env: Path):
+    """Like ``server`` (one per module), but its model cache is the session's shared one."""
+    root = tmp_path_factory.mktemp("server-shared-cache")
+    (root / "cache").symlink_to(model_cache_env, target_is_directory=True)  # start_server uses ROOT/cache
+    running = start_server(root)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+# ====================================================== end of add-on <-> backend fixtures
