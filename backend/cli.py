@@ -42,6 +42,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         state_dir=Path(args.state_dir) if args.state_dir else None,
         allow_remote_bind=args.allow_remote_bind,
         log_file=Path(args.log_file) if args.log_file else None,
+        exit_with_parent=args.exit_with_parent,
     )
 
 
@@ -58,6 +59,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from backend.bench.importing import run
 
         run(frames=args.frames, repeats=args.repeats, python=args.python)
+    elif args.suite == "render":
+        from backend.bench.render import run
+
+        run(resolutions=args.resolutions or [256, 512], repeats=args.repeats)
+    elif args.suite == "train":
+        from backend.bench.train import run
+
+        run(iterations=args.iterations, resolution=(args.resolutions or [128])[0], repeats=args.runs)
+    elif args.suite == "networks":
+        from backend.models.benchmark import run
+
+        run(repeats=args.repeats)
     return 0
 
 
@@ -78,6 +91,63 @@ def _cmd_sample_capture(args: argparse.Namespace) -> int:
     if args.contact_sheet:
         contact_sheet(out, Path(args.contact_sheet))
     print(f"wrote {out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from backend.train.config import training_preset
+    from backend.train.method import method_config
+    from backend.train.trainer import train
+
+    overrides = dict(
+        method=args.method, resolution=args.resolution, batch_size=args.batch_size, threads=args.threads,
+        device=args.device, seed=args.seed, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
+    )
+    config = training_preset(args.preset, **overrides)
+    with _progress(args, "train") as progress:
+        result = train(
+            Path(args.capture), Path(args.out), config, method_config=method_config(args.method, args.preset),
+            resume=args.resume, iterations=args.iterations, progress=progress, folders=_model_folders(args),
+        )
+    state = "cancelled at" if result.cancelled else "trained to"
+    best = f", best held-out PSNR {result.best_psnr:.2f} dB" if result.best_psnr is not None else ""
+    print(f"{state} step {result.step} in {result.seconds:.0f} s{best}: {result.avatar}")
+    return 0
+
+
+def _frame_range(text: str) -> range:
+    """``A:B`` → frames A to B-1; ``N`` → frame N alone."""
+    start, colon, stop = text.partition(":")
+    try:
+        return range(int(start or 0), int(stop)) if colon else range(int(start), int(start) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A:B or N (frame numbers), got {text!r}") from None
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from backend.avatar import load_avatar
+    from backend.render import bake
+
+    avatar = load_avatar(Path(args.avatar), args.device, checkpoint=args.checkpoint, folders=_model_folders(args))
+    with _progress(args, "render") as progress:
+        result = bake(avatar, Path(args.tracking), Path(args.out), args.frames, args.mp4, progress, resolution=args.resolution)
+    video = f" and {result.video}" if result.video else ""
+    print(f"wrote {len(result.files)} frames ({result.resolution[1]}x{result.resolution[0]}) to {result.out_dir}{video}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from backend.avatar import load_avatar
+    from backend.render import evaluate
+
+    avatar = load_avatar(Path(args.avatar), args.device, checkpoint=args.checkpoint, folders=_model_folders(args))
+    out = Path(args.out) if args.out else Path(args.avatar) / "eval"
+    with _progress(args, "eval") as progress:
+        report = evaluate(avatar, Path(args.capture), out, resolution=args.resolution, progress=progress)
+    summary = {key: report[key] for key in ("psnr", "ssim", "lpips", "temporal_error", "tlpips", "split", "resolution")}
+    print(json.dumps({**summary, "frames": len(report["frames"]), **report["files"]}, indent=1))
     return 0
 
 
@@ -122,9 +192,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contact-sheet", metavar="PNG", help="also write a contact sheet of frames and masks")
     p.set_defaults(handler=_cmd_sample_capture)
 
-    p = sub.add_parser("demo", help="the README demo: stand-ins, sample capture, contact sheet")
+    p = sub.add_parser(
+        "demo", help="the README demo: stand-ins, sample capture, contact sheet, a trained ANR avatar and its evaluation"
+    )
     p.add_argument("out", nargs="?", default="out/demo", help="output folder")
     p.set_defaults(handler=_cmd_demo)
+
+    from backend.train.config import METHODS
+
+    p = sub.add_parser("train", parents=[models], help="train an avatar on a tracked capture (resumable)")
+    p.add_argument("capture", help="capture folder (frames/, masks/, tracking.npz)")
+    p.add_argument("--out", required=True, metavar="AVATAR_DIR", help="avatar folder to create (or continue with --resume)")
+    p.add_argument("--method", choices=sorted(METHODS), default="anr", help="avatar method")
+    p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="cpu: small, 128² ; gpu: full size, 512²")
+    p.add_argument("--resume", action="store_true", help="continue the avatar in --out from its latest checkpoint")
+    p.add_argument("--iterations", type=int, metavar="N", help="total training steps (may extend a resumed run)")
+    p.add_argument("--resolution", type=int, metavar="N", help="longer image side for training (default: preset)")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: all cores)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int, metavar="N")
+    p.add_argument("--validate-every", type=int, metavar="N")
+    p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser("render", parents=[models], help="render a pose sequence with a trained avatar (RGBA PNGs, MP4)")
+    p.add_argument("avatar", help="avatar folder")
+    p.add_argument("--tracking", required=True, metavar="FILE", help="capture folder, tracking.npz or AMASS .npz")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--mp4", action="store_true", help="also write render.mp4 (over black)")
+    p.add_argument(
+        "--resolution", type=int, metavar="N",
+        help="longer image side (default: the tracking's image size; 512 for motions without a camera)",
+    )
+    p.add_argument("--frames", type=_frame_range, metavar="A:B", help="frames A to B-1, or one frame N (default: all)")
+    p.add_argument("--checkpoint", default="latest", help="latest, best, or a checkpoint name")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.set_defaults(handler=_cmd_render)
+
+    p = sub.add_parser("eval", parents=[models], help="PSNR / SSIM / LPIPS / temporal figures on a capture's held-out frames")
+    p.add_argument("avatar", help="avatar folder")
+    p.add_argument("capture", help="capture folder with ground truth")
+    p.add_argument("--out", metavar="DIR", help="where metrics.json and comparison.png go (default: AVATAR/eval)")
+    p.add_argument("--resolution", type=int, metavar="N", help="longer image side (default: the training resolution)")
+    p.add_argument("--checkpoint", default="latest", help="latest, best, or a checkpoint name")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("serve", help="run the local backend server the Blender add-on talks to")
     p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 picks a free one)")
@@ -137,15 +250,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="DANGEROUS: listen on ADDRESS instead of 127.0.0.1 (anyone who can reach it and has the token "
         "can drive the backend; prefer an SSH tunnel)",
     )
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="shut down when stdin reaches end-of-file (the add-on keeps it open; a crashed Blender closes it)",
+    )
     p.set_defaults(handler=_cmd_serve)
 
     p = sub.add_parser("bench", help="print performance figures (see README)")
-    p.add_argument("suite", choices=["raster", "stream", "import"])
-    p.add_argument("--resolutions", type=int, nargs="+", metavar="N", help="square output sizes")
+    p.add_argument("suite", choices=["raster", "stream", "import", "render", "train", "networks"])
+    p.add_argument("--resolutions", type=int, nargs="+", metavar="N", help="square output sizes (train: the first one)")
     p.add_argument("--repeats", type=int, default=20, help="repetitions per measurement (median reported)")
     p.add_argument("--triangles", type=int, default=20000, help="raster: triangles in the test mesh")
     p.add_argument("--frames", type=int, default=10000, help="import: frames in the motion")
     p.add_argument("--python", metavar="EXE", help="import: a Python with the bpy module (default: this one)")
+    p.add_argument("--iterations", type=int, default=600, help="train: training steps of the fixed budget")
+    p.add_argument("--runs", type=int, default=1, help="train: training runs (median reported)")
     p.set_defaults(handler=_cmd_bench)
     return parser
 

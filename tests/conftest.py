@@ -171,3 +171,9 @@ def shared_cache_server(tmp_path_factory: pytest.TempPathFactory, model_cache_en
 
 
 # ====================================================== end of add-on <-> backend fixtures
+
+
+@pytest.fixture(scope="session")
+def capture_root(tmp_path_factory) -> Path:
+    """One folder per test session for the small sample captures the avatar tests share."""
+    return tmp_path_factory.mktemp("captures")

@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -35,6 +36,7 @@ from backend.progress import (
 from backend.server import registry
 from backend.server.listener import BindError, Listener, check_bind_address
 from backend.server.probe_job import load_checkpoint
+from tests.conftest import REPOSITORY_ROOT, server_environment
 from backend.server.schema import (
     ANY_ARRAYS,
     Array,
@@ -783,3 +785,27 @@ def test_preview_must_be_an_image(tmp_path):
     progress = JsonlProgress(stream=io.StringIO(), preview_dir=tmp_path)
     with pytest.raises(ValueError, match=r"shape \(H, W, 3\|4\)"):
         progress.update(1, 2, preview=np.zeros((3, 8, 8)))
+
+
+def test_exit_with_parent_stops_when_stdin_closes(tmp_path):
+    """The add-on starts the server with --exit-with-parent: when Blender dies its stdin closes."""
+    state_dir = tmp_path / "state"
+    command = [sys.executable, "-m", "backend", "serve", "--device", "cpu", "--state-dir", str(state_dir), "--exit-with-parent"]
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=REPOSITORY_ROOT, env=server_environment(tmp_path / "cache"),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (state_dir / "connection.json").exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert process.poll() is None, "an open stdin keeps the server running"
+        process.stdin.close()
+        assert process.wait(20) == 0
+        assert not (state_dir / "connection.json").exists()
+        assert "parent process gone" in (state_dir / "server.log").read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()

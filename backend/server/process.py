@@ -90,12 +90,28 @@ def _install_signal_handlers(stop: Callable[[], None]) -> dict[int, Any]:
     return previous
 
 
+def _stop_when_stdin_closes(stop: Callable[[], None]) -> None:
+    """The parent (Blender) holds our stdin open; its end-of-file means the parent is gone, even after a crash."""
+
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except (OSError, ValueError):
+            pass
+        log.info("parent process gone (stdin closed): shutting down")
+        stop()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def serve(
     port: int = 0,
     device: str = "auto",
     state_dir: Path | None = None,
     allow_remote_bind: str | None = None,
     log_file: Path | None = None,
+    exit_with_parent: bool = False,
 ) -> int:
     """Run the server until shutdown; returns the exit code. Errors raise ``AvatarError`` subclasses."""
     host = check_bind_address(allow_remote_bind, allow_remote=True) if allow_remote_bind else LOOPBACK
@@ -132,6 +148,8 @@ def serve(
             connection_file, wire.ConnectionInfo(host, listener.port, token, os.getpid(), log_file=str(log_file))
         )
         previous_handlers = _install_signal_handlers(listener.stop)
+        if exit_with_parent:
+            _stop_when_stdin_closes(listener.stop)
         log.info("listening on %s:%d (device %s, pid %d)", host, listener.port, chosen_device, os.getpid())
         print(
             f"Neural Avatar backend listening on {host}:{listener.port} (device {chosen_device}, pid {os.getpid()})\n"
