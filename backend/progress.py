@@ -97,6 +97,7 @@ class Progress:
         self._cancel = threading.Event()
         self._start = time.monotonic()
         self._first_step: int | None = None
+        self._rate_origin = self._start
 
     def update(
         self,
@@ -109,7 +110,9 @@ class Progress:
     ) -> None:
         """Report that ``step`` of ``total`` is done; ``preview`` is an (H, W, 3|4) image."""
         if self._first_step is None:
-            self._first_step = step - 1  # a resumed run measures its rate from where it started
+            # The rate is measured from the first report on, so set-up time (data loading, a resumed
+            # run's earlier steps) does not distort the estimate.
+            self._first_step, self._rate_origin = step, time.monotonic()
         event = ProgressEvent(
             step=int(step),
             total=int(total) if total is not None else None,
@@ -117,7 +120,7 @@ class Progress:
             message=str(message),
             elapsed_seconds=time.monotonic() - self._start,
         )
-        event.eta_seconds = estimate_eta(event.step, event.total, event.elapsed_seconds, self._first_step)
+        event.eta_seconds = estimate_eta(event.step, event.total, time.monotonic() - self._rate_origin, self._first_step)
         self._report(event, preview)
 
     def _report(self, event: ProgressEvent, preview: Any) -> None:

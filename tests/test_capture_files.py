@@ -196,3 +196,32 @@ def test_formats_are_told_apart(tmp_path):
     write_tracking(tmp_path / "tracking.npz", make_tracking(np.random.default_rng(5)))
     with pytest.raises(CaptureFormatError, match="looks like a tracking file"):
         read_amass(tmp_path / "tracking.npz")
+
+
+@pytest.mark.parametrize("source", ["y", "-y"])
+def test_up_axis_change_keeps_the_posed_body(source):
+    """Posing the converted motion gives the original body rotated into the new world."""
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    from backend.bodies import load_smplx
+    from backend.paths import ModelFolders
+
+    body = load_smplx(ModelFolders())
+    motion = make_tracking(np.random.default_rng(6)).motion
+    motion.up_axis = source
+    pelvis = body.rest_joints(torch.from_numpy(motion.betas)).detach().numpy()[0]
+    converted = motion.with_up_axis("z", pelvis)
+    assert converted.up_axis == "z"
+
+    def pose(m):
+        params = {k: torch.from_numpy(v) for k, v in m.arrays().items() if k != "betas"}
+        with torch.no_grad():
+            return body(betas=torch.from_numpy(m.betas)[None], **params).vertices.numpy()
+
+    up = {"y": np.array([0, 1, 0]), "-y": np.array([0, -1, 0])}[source]
+    change, _ = Rotation.align_vectors([[0, 0, 1], [1, 0, 0]], [up, [1, 0, 0]])
+    expected = pose(motion) @ change.as_matrix().T
+    np.testing.assert_allclose(pose(converted), expected, atol=2e-5)
+    back = converted.with_up_axis(source, pelvis)
+    np.testing.assert_allclose(back.transl, motion.transl, atol=1e-5)

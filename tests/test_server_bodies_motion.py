@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from blender_addon import wire
@@ -311,7 +312,7 @@ def test_motion_write_refuses_bad_requests(client, tmp_path):
     error = remote_error(client, "motion_write", {**params, "path": "out.npz"}, arrays)
     assert error.code == "bad_request" and "absolute" in error.message
     error = remote_error(client, "motion_write", {**params, "format": "amass"}, arrays)
-    assert error.code == "bad_request" and "Z-up" in error.message
+    assert error.code == "bad_request" and "only the body motion" in error.message
     partial = {key: value for key, value in arrays.items() if key != "image_size"}
     error = remote_error(client, "motion_write", params, partial)
     assert error.code == "bad_request" and "image_size" in error.message
@@ -323,3 +324,27 @@ def test_motion_write_refuses_bad_requests(client, tmp_path):
     error = remote_error(client, "motion_write", params, dict(arrays, body_pose=np.full((12, 63), np.nan, np.float32)))
     assert error.code == "bad_request" and "NaN" in error.message
     assert not (tmp_path / "a.npz").exists()  # nothing was written by any of these
+
+
+def test_motion_write_turns_a_y_up_motion_into_z_up_amass(client, tmp_path):
+    """AMASS is Z-up: a Y-up rig exported as AMASS is rotated about its rest pelvis, not just relabelled."""
+    from backend.bodies import load_smplx
+    from backend.capture import read_amass
+    from backend.paths import ModelFolders
+
+    tracking = sample_tracking()
+    motion = tracking.motion
+    params = {"path": str(tmp_path / "y_up.npz"), "format": "amass", "fps": motion.fps, "gender": motion.gender, "up_axis": "y"}
+    client.request("motion_write", params, motion.arrays())
+    written = read_amass(tmp_path / "y_up.npz")
+    assert written.up_axis == "z"
+    body = load_smplx(ModelFolders(), gender=motion.gender)
+
+    def joints(m):
+        betas = torch.from_numpy(m.betas[: len(body.shape_names)])[None]
+        per_frame = {k: torch.from_numpy(v) for k, v in m.arrays().items() if k != "betas"}
+        with torch.no_grad():
+            return body(betas=betas, **per_frame).joints.numpy()
+
+    y_to_z = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], np.float32)  # (x, y, z) -> (x, -z, y)
+    np.testing.assert_allclose(joints(written), joints(motion) @ y_to_z.T, atol=3e-5)

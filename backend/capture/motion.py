@@ -103,6 +103,24 @@ class SmplxMotion:
         out.update(transl=self.transl, expression=self.expression, betas=self.betas)
         return out
 
+    def with_up_axis(self, target: str, pelvis_rest: np.ndarray) -> "SmplxMotion":
+        """The same motion in a world whose up axis is ``target``.
+
+        The root rotates about the pelvis joint, so the translation must follow the rotated pelvis:
+        ``transl' = C (transl + J0) - J0`` with ``J0`` the rest pelvis (``pelvis_rest``, for these betas).
+        """
+        if target not in UP_AXES:
+            raise ValueError(f"up_axis must be one of {UP_AXES}, got {target!r}")
+        from scipy.spatial.transform import Rotation
+
+        # Every supported up axis is perpendicular to X: the change is a rotation about X.
+        angle = {"y": np.pi / 2, "-y": -np.pi / 2, "z": 0.0}
+        change = Rotation.from_rotvec([angle[self.up_axis] - angle[target], 0.0, 0.0])
+        orient = (change * Rotation.from_rotvec(self.global_orient.astype(np.float64))).as_rotvec()
+        pelvis = np.asarray(pelvis_rest, np.float64).reshape(3)
+        transl = change.apply(self.transl.astype(np.float64) + pelvis) - pelvis
+        return replace(self, global_orient=orient.astype(np.float32), transl=transl.astype(np.float32), up_axis=target)
+
     def check_finite(self) -> None:
         for name, value in self.arrays().items():
             if not np.all(np.isfinite(value)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from backend.capture import CameraTrack, FaceVerseTrack, SmplxMotion, Tracking, read_motion, write_amass, write_tracking
 from backend.capture.files import tracking_arrays
@@ -84,6 +85,7 @@ def _optional_pose_arrays() -> dict[str, Array]:
         "fps": Number(min=1e-3, max=1e5),
         "gender": String(choices=GENDERS, default="neutral"),
         "up_axis": String(choices=UP_AXES, default="y"),
+        "models": MODEL_FOLDERS,
     },
     arrays={
         **_optional_pose_arrays(),
@@ -108,7 +110,16 @@ def motion_write(request: Request) -> dict:
     tracking = _tracking_from_request(params, arrays)
     try:
         if params["format"] == "amass":
-            written = write_amass(path, tracking.motion)
+            motion = tracking.motion
+            if motion.up_axis != "z":  # AMASS is Z-up; the root turns about the rest pelvis of these betas
+                body = cached_body_model("smplx", params["models"], gender=motion.gender)
+                betas = torch.zeros(len(body.shape_names))
+                count = min(len(betas), len(motion.betas))
+                betas[:count] = torch.from_numpy(motion.betas[:count])
+                with torch.no_grad():
+                    pelvis = body.rest_joints(betas)[0].cpu().numpy()
+                motion = motion.with_up_axis("z", pelvis)
+            written = write_amass(path, motion)
         else:
             written = write_tracking(path, tracking)
     except OSError as error:
@@ -126,11 +137,6 @@ def _tracking_from_request(params: dict, arrays: dict[str, np.ndarray]) -> Track
     if (given_face or "faceverse_id" in arrays) and len(given_face) != len(face_keys):
         raise BadRequest(f"arrays: a FaceVerse track needs {', '.join(face_keys)} together; got {', '.join(given_face) or 'none'}")
     if params["format"] == "amass":
-        if params["up_axis"] != "z":
-            raise BadRequest(
-                f"params.up_axis: AMASS files are Z-up, this motion is {params['up_axis']!r}-up; "
-                "write it as format 'tracking' (which records its up axis)"
-            )
         if given_camera or given_face:
             raise BadRequest("arrays: AMASS files hold only the body motion; send the camera and FaceVerse track only with format 'tracking'")
     try:
