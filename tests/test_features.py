@@ -9,7 +9,7 @@ import torch
 from backend.bodies import load_smplx
 from backend.capture.folder import CaptureFolder
 from backend.capture.sample import SampleCaptureConfig
-from backend.data import CaptureData, FrameSchedule, scale_intrinsics, scaled_resolution
+from backend.data import CaptureData, FrameSchedule, PreparationCancelled, scale_intrinsics, scaled_resolution
 from backend.data.sample import cached_sample_capture
 from backend.features import BodyRasterizer, NeuralTexture, Triplane, keyframe_count, select_keyframes, smplx_parameters
 from backend.paths import ModelFolders
@@ -158,6 +158,19 @@ def test_neural_texture_identities_and_jitter(maps):
         texture(maps.uv, maps.mask, torch.tensor([0, 2, 1]))
 
 
+def test_uv_jitter_moves_samples_by_at_most_the_paper_range(maps):
+    # A texture holding its own grid x coordinate (a ramp in u) reads back where it was sampled.
+    texture = NeuralTexture(channels=1, size=512)
+    with torch.no_grad():
+        texture.layers[0].copy_(((torch.arange(512) + 0.5) / 512 * 2 - 1).view(1, 1, 1, 512).expand(1, 1, 512, 512))
+        torch.manual_seed(0)
+        shift = texture(maps.uv, maps.mask, jitter=0.02) - texture(maps.uv, maps.mask)
+    on_body = maps.mask[..., 0] > 0
+    moved = shift[:, 0][on_body].abs()
+    assert float(moved.max()) <= 0.02 + 1e-5  # ±0.02 in grid_sample units ([-1, 1] spans the texture)
+    assert float(moved.max()) > 0.015 and float(moved.mean()) > 0.005
+
+
 # --------------------------------------------------------------------------------------------
 # Triplane
 
@@ -252,6 +265,24 @@ def test_capture_data_resolution_and_alignment(tiny_capture, body):
     assert torch.equal(again.images, batch.images)
     assert torch.allclose(again.maps.normals, batch.maps.normals, atol=2e-3)  # float16 cache
     assert torch.equal(again.maps.uv, batch.maps.uv)
+
+
+def test_capture_data_memory_estimate_and_cancelled_preparation(tiny_capture, body):
+    geometry = BodyRasterizer(body, tiny_capture.tracking.motion.betas, ("uv", "normals"))
+    data = CaptureData(tiny_capture, geometry, 32, divisor=8)
+    assert data._maps is not None and data._images is not None
+    cached = sum(value.element_size() * value.numel() for _, value in data._maps.items())
+    assert data.map_bytes == cached  # float16 maps, float32 UVs
+    assert data.memory_bytes == cached + data._images.numel()
+    calls = []
+
+    def cancel_on_third_poll() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(PreparationCancelled, match="cancelled while preparing"):
+        CaptureData(tiny_capture, geometry, 32, divisor=8, cancelled=cancel_on_third_poll)
+    assert len(calls) == 3  # stopped at once, not after the whole capture
 
 
 def test_scaled_resolution_and_intrinsics():

@@ -20,6 +20,7 @@ import torch
 from backend.avatar import load_avatar
 from backend.bodies import load_smplx
 from backend.capture.folder import CaptureFolder
+from backend.capture.motion import SPLIT_TRAIN
 from backend.capture.sample import SampleCaptureConfig
 from backend.data import CaptureData
 from backend.data.sample import cached_sample_capture
@@ -115,6 +116,9 @@ def test_short_training_lowers_loss_and_beats_the_untrained_model(tiny_capture, 
     assert any(event.eta_seconds is not None for event in events)
     record = json.loads((tmp_path / "avatar" / "avatar.json").read_text())
     assert record["method"] == "anr" and record["resolution"] == [64, 64] and len(record["keyframes"]) == 2
+    # Keyframes (which train the texture) are training frames; the held-out frames stay unseen.
+    tracking = CaptureFolder(tiny_capture).tracking
+    assert set(record["keyframes"]) <= set(tracking.frames_of(SPLIT_TRAIN).tolist())
     assert record["body"]["is_standin"] is True and record["capture"]["test_frames"] == 8
     # The untrained avatar is kept as the "initial" checkpoint.
     assert load_checkpoint(tmp_path / "avatar" / "checkpoints", "initial").step == 0
@@ -149,6 +153,14 @@ def test_cancelled_run_resumes_exactly(tiny_capture, tmp_path):
     resumed = train(tiny_capture, tmp_path / "resumed", resume=True)
     assert resumed.start_step == stopped.step and resumed.step == SMALL.iterations
     _assert_identical(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_cancel_while_preparing_writes_nothing(tiny_capture, tmp_path):
+    progress = CallbackProgress(lambda event, preview: None)
+    progress.cancel()
+    result = train(tiny_capture, tmp_path / "avatar", SMALL, progress=progress)
+    assert result.cancelled and result.step == 0
+    assert not (tmp_path / "avatar").exists()
 
 
 def _backend(*arguments: str) -> list[str]:

@@ -115,10 +115,14 @@ class Avatar:
         batch_size: int | None = None,
         identity: int = 0,
     ) -> Iterator[torch.Tensor]:
-        """Yield (b, 4, H, W) premultiplied RGBA tensors, batch after batch, in frame order.
+        """Yield (b, 4, H, W) premultiplied RGBA tensors in [0, 1], batch after batch, in frame order.
 
-        ``faceverse`` / ``mano`` are for methods with face / hand branches (RAM-Avatar); ANR
-        renders from the body alone and ignores them.
+        ``poses``: per-frame SMPL-X arrays ``(B, width)`` by ``SmplxMotion.arrays()`` name (the
+        avatar keeps its own body shape: ``betas`` are ignored); ``K`` (3, 3) or (B, 3, 3) and
+        ``world_to_camera`` (4, 4) or (B, 4, 4) in the OpenCV convention, for an image of
+        ``resolution`` (an int for square images, or (H, W)). Bad shapes or values raise a
+        ValueError naming the parameter. ``faceverse`` / ``mano`` are for methods with face /
+        hand branches (RAM-Avatar); ANR renders from the body alone and ignores them.
         """
         height, width = _resolution(resolution)
         frames = _frame_count(poses)
@@ -139,34 +143,14 @@ class Avatar:
             yield self.method.render(maps, ids)[:, :, :height, :width]
 
     def render_sequence(self, poses: PoseArrays, K, world_to_camera, resolution, **options: Any) -> Iterator[np.ndarray]:
-        """Yield one (H, W, 4) float32 premultiplied RGBA frame at a time (options as for ``render``)."""
+        """Yield one (H, W, 4) float32 premultiplied RGBA frame at a time (arguments as for ``render_batches``)."""
         for batch in self.render_batches(poses, K, world_to_camera, resolution, **options):
             for frame in batch.permute(0, 2, 3, 1).float().cpu().numpy():
                 yield np.ascontiguousarray(frame)
 
-    def render(
-        self,
-        poses: PoseArrays,
-        K: np.ndarray | torch.Tensor,
-        world_to_camera: np.ndarray | torch.Tensor,
-        resolution: int | Sequence[int],
-        *,
-        faceverse: Mapping[str, np.ndarray] | None = None,
-        mano: Mapping[str, Any] | None = None,
-        batch_size: int | None = None,
-        identity: int = 0,
-    ) -> np.ndarray:
-        """(B, H, W, 4) float32 premultiplied RGBA in [0, 1], rows top-first.
-
-        ``poses``: per-frame SMPL-X arrays ``(B, width)`` by ``SmplxMotion.arrays()`` name (the
-        avatar keeps its own body shape: ``betas`` are ignored); ``K`` (3, 3) or (B, 3, 3) and
-        ``world_to_camera`` (4, 4) or (B, 4, 4) in the OpenCV convention, for an image of
-        ``resolution`` (an int for square images, or (H, W)). Bad shapes or values raise a
-        ValueError naming the parameter.
-        """
-        batches = self.render_batches(
-            poses, K, world_to_camera, resolution, faceverse=faceverse, mano=mano, batch_size=batch_size, identity=identity
-        )
+    def render(self, poses: PoseArrays, K, world_to_camera, resolution, **options: Any) -> np.ndarray:
+        """(B, H, W, 4) float32 premultiplied RGBA in [0, 1], rows top-first (arguments as for ``render_batches``)."""
+        batches = self.render_batches(poses, K, world_to_camera, resolution, **options)
         return np.ascontiguousarray(torch.cat(list(batches)).permute(0, 2, 3, 1).float().cpu().numpy())
 
 

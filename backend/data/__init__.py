@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from backend.data.dataset import CaptureData, FrameBatch, resize_image, scale_intrinsics, scaled_resolution
+from backend.data.dataset import (
+    CaptureData,
+    FrameBatch,
+    PreparationCancelled,
+    resize_image,
+    scale_intrinsics,
+    scaled_resolution,
+)
 from backend.data.schedule import FrameSchedule
 
-__all__ = ["CaptureData", "FrameBatch", "FrameSchedule", "resize_image", "scale_intrinsics", "scaled_resolution"]
+__all__ = [
+    "CaptureData",
+    "FrameBatch",
+    "FrameSchedule",
+    "PreparationCancelled",
+    "resize_image",
+    "scale_intrinsics",
+    "scaled_resolution",
+]

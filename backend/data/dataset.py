@@ -4,11 +4,15 @@ cameras scaled to match, and the geometry maps of every frame (computed once: th
 What fits in ``cache_bytes`` is kept in memory (frames as uint8, maps as float16 with float32
 UVs); anything larger is re-read / re-rasterized per batch, so long high-resolution captures do
 not exhaust the memory. ``memory_bytes`` says what a capture would need.
+
+Preparation can take minutes for a long capture; a ``cancelled`` callable (``Progress.cancelled``)
+is polled after every frame read and every batch rasterized, and stops it with
+:class:`PreparationCancelled`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +27,18 @@ from backend.features.geometry import PER_FRAME_KEYS, BodyRasterizer, GeometryMa
 
 DEFAULT_CACHE_BYTES = 2 << 30
 PREPARE_BATCH = 16
-MAP_CHANNELS = {"uv": 2, "normals": 3, "canonical": 3, "expanded": 4}
+MAP_CHANNELS = {"uv": 2, "normals": 3, "canonical": 3, "expanded": 4}  # expanded: its mask + canonical
+
+
+class PreparationCancelled(Exception):
+    """``cancelled()`` turned true while :class:`CaptureData` was reading or rasterizing frames."""
+
+
+def map_bytes_per_pixel(needs: frozenset[str] | set[str]) -> int:
+    """Cached bytes per pixel of the maps ``needs`` asks for: the mask (always there) and every
+    map in float16, except the UVs, which stay float32 (``GeometryMaps.to``)."""
+    half_channels = 1 + sum(MAP_CHANNELS[name] for name in needs if name != "uv")
+    return 2 * half_channels + 4 * MAP_CHANNELS["uv"] * ("uv" in needs)
 
 
 def scaled_resolution(image_size: Sequence[int], long_side: int, divisor: int = 1) -> tuple[int, int]:
@@ -74,6 +89,7 @@ class CaptureData:
     ``resolution`` is the longer image side (both sides become multiples of ``divisor``);
     ``identity`` labels the batches (multi-identity training); with ``visibility``, also finds
     which template triangles each training frame shows (``visible_faces``, for keyframes).
+    ``cancelled`` (polled while preparing) stops the preparation with :class:`PreparationCancelled`.
     """
 
     def __init__(
@@ -87,6 +103,7 @@ class CaptureData:
         device: str | torch.device = "cpu",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         visibility: bool = False,
+        cancelled: Callable[[], bool] | None = None,
     ):
         self.capture = capture if isinstance(capture, CaptureFolder) else CaptureFolder(capture)
         tracking = self.capture.tracking
@@ -108,14 +125,14 @@ class CaptureData:
             raise CaptureFormatError(self.capture.path / "tracking.npz", "its split marks no frame for training")
 
         count, (height, width) = self.capture.num_frames, self.resolution
-        map_bytes = sum(MAP_CHANNELS[name] for name in geometry.needs) * 2 + 2 + 2 * ("uv" in geometry.needs)
-        self.image_bytes = count * height * width * 4
-        self.map_bytes = count * height * width * map_bytes
+        self.image_bytes = count * height * width * 4  # uint8 RGB + mask
+        self.map_bytes = count * height * width * map_bytes_per_pixel(geometry.needs)
         self.cache_images = self.image_bytes <= cache_bytes
         self.cache_maps = self.image_bytes * self.cache_images + self.map_bytes <= cache_bytes
         self._images: torch.Tensor | None = None
         self._maps: GeometryMaps | None = None
         self.visible_faces: torch.Tensor | None = None  # (len(train_frames), F) when visibility=True
+        self._cancelled = cancelled
         self._prepare(visibility)
 
     @property
@@ -128,16 +145,25 @@ class CaptureData:
     def _poses_of(self, frames: np.ndarray) -> dict[str, np.ndarray]:
         return {key: value[frames] for key, value in self._poses.items()}
 
+    def _stop_if_cancelled(self) -> None:
+        if self._cancelled is not None and self._cancelled():
+            raise PreparationCancelled(f"cancelled while preparing {self.capture.path}")
+
     def _prepare(self, visibility: bool) -> None:
         count = self.capture.num_frames
         if self.cache_images:
-            self._images = torch.from_numpy(np.stack([self._read_rgba(i) for i in range(count)]))
+            rgba = []
+            for index in range(count):
+                self._stop_if_cancelled()
+                rgba.append(self._read_rgba(index))
+            self._images = torch.from_numpy(np.stack(rgba))
         if not (self.cache_maps or visibility):
             return
         maps, visible = [], []
         train = np.zeros(count, bool)
         train[self.train_frames] = True
         for start in range(0, count, PREPARE_BATCH):
+            self._stop_if_cancelled()
             frames = np.arange(start, min(start + PREPARE_BATCH, count))
             vertices = self.geometry.pose(self._poses_of(frames))
             K, w2c = self.K[frames], self.world_to_camera[frames]

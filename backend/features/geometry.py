@@ -221,25 +221,33 @@ class BodyRasterizer:
     ) -> GeometryMaps:
         """Geometry maps of posed vertices (B, V, 3) seen by cameras ``K`` (3×3 or B×3×3) and
         ``world_to_camera`` (4×4 or B×4×4) at ``resolution`` (H, W)."""
-        height, width = check_resolution(resolution)
-        frames = vertices.shape[0]
-        K = _batched(K, (3, 3), frames, "K", self.device)
-        world_to_camera = _batched(world_to_camera, (4, 4), frames, "world_to_camera", self.device)
+        resolution = check_resolution(resolution)
+        K, world_to_camera = self._cameras(K, world_to_camera, vertices.shape[0])
         with torch.no_grad():
             normals_world = vertex_normals(vertices, self.faces)
-            maps = self._maps(vertices, normals_world, K, world_to_camera, (height, width), expanded=False)
+            maps = self._maps(vertices, normals_world, K, world_to_camera, resolution, expanded=False)
             if "expanded" in self.needs:
                 pushed = vertices + self.expand_offset * normals_world
-                extra = self._maps(pushed, normals_world, K, world_to_camera, (height, width), expanded=True)
+                extra = self._maps(pushed, normals_world, K, world_to_camera, resolution, expanded=True)
                 maps.expanded_mask, maps.expanded_canonical = extra.mask, extra.canonical
         return maps
 
     def __call__(self, poses, K, world_to_camera, resolution) -> GeometryMaps:
         return self.render(self.pose(poses), K, world_to_camera, resolution)
 
-    def _maps(self, vertices, normals_world, K, world_to_camera, resolution, *, expanded: bool) -> GeometryMaps:
+    def _cameras(self, K, world_to_camera, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frames, 3, 3) intrinsics and (frames, 4, 4) extrinsics on the body's device, validated."""
+        return (
+            _batched(K, (3, 3), frames, "K", self.device),
+            _batched(world_to_camera, (4, 4), frames, "world_to_camera", self.device),
+        )
+
+    def _rasterize(self, vertices, K, world_to_camera, resolution) -> torch.Tensor:
         clip = project_to_clip(vertices, K, world_to_camera, resolution, self.near, self.far)
-        rast = self.rasterizer.rasterize(clip, self.faces, resolution)
+        return self.rasterizer.rasterize(clip, self.faces, resolution)
+
+    def _maps(self, vertices, normals_world, K, world_to_camera, resolution, *, expanded: bool) -> GeometryMaps:
+        rast = self._rasterize(vertices, K, world_to_camera, resolution)
         mask = (rast[..., 3:4] > 0).float()
         maps = GeometryMaps(mask=mask)
         if expanded:
@@ -266,11 +274,9 @@ class BodyRasterizer:
     ) -> torch.Tensor:
         """(B, F) bool: which triangles are visible in each frame (for keyframe selection)."""
         frames = vertices.shape[0]
-        K = _batched(K, (3, 3), frames, "K", self.device)
-        world_to_camera = _batched(world_to_camera, (4, 4), frames, "world_to_camera", self.device)
+        K, world_to_camera = self._cameras(K, world_to_camera, frames)
         with torch.no_grad():
-            clip = project_to_clip(vertices, K, world_to_camera, resolution, self.near, self.far)
-            rast = self.rasterizer.rasterize(clip, self.faces, resolution)
+            rast = self._rasterize(vertices, K, world_to_camera, check_resolution(resolution))
             ids = rast[..., 3].long().reshape(frames, -1)  # triangle id + 1, 0 = background
             seen = torch.zeros(frames, self.faces.shape[0] + 1, dtype=torch.bool, device=ids.device)
             seen.scatter_(1, ids, True)

@@ -75,12 +75,3 @@ class NeuralTexture(nn.Module):
             image = sampled if image is None else image + sampled
         assert image is not None
         return image * mask.permute(0, 3, 1, 2).to(image.dtype)
-
-    @torch.no_grad()
-    def image(self, identity: int = 0) -> torch.Tensor:
-        """The summed texture of ``identity`` as (C, size, size) (for inspection and previews)."""
-        total = self.layers[0][identity].clone()
-        for layer in list(self.layers)[1:]:
-            up = torch.nn.functional.interpolate(layer[identity : identity + 1], size=total.shape[-2:], mode="bilinear", align_corners=False)
-            total += up[0]
-        return total

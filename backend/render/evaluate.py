@@ -65,7 +65,6 @@ def render_held_out(
     capture: CaptureFolder,
     *,
     resolution: int | None = None,
-    max_frames: int | None = None,
     progress: Progress | None = None,
 ) -> EvaluationFrames:
     """Render the capture's test frames (all frames when it has no split) next to their ground truth."""
@@ -76,8 +75,6 @@ def render_held_out(
     frames = tracking.frames_of(SPLIT_TEST)
     if len(frames) == 0:
         frames = np.arange(capture.num_frames)
-    if max_frames is not None:
-        frames = frames[:max_frames]
     size = scaled_resolution(capture.image_size, resolution or max(avatar.record.resolution))
     K = scale_intrinsics(tracking.camera.K[frames], capture.image_size, size)
     arrays = tracking.motion.arrays()

@@ -86,8 +86,6 @@ class ANRMethodConfig:
     perceptual_weights: str = ""  # "" = look for local VGG19 weights; "random" (tests); or a path
 
     def __post_init__(self) -> None:
-        if self.renderer.texture_channels < 1:
-            raise ValueError("renderer.texture_channels must be positive")
         expected = IMAGE_CHANNELS + CONDITION_CHANNELS
         if self.discriminator.in_channels != expected:
             raise ValueError(f"discriminator.in_channels must be {expected} (RGB + normal map), got {self.discriminator.in_channels}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -133,6 +134,4 @@ def method_config(name: str, preset: str = "cpu", overrides: dict[str, Any] | No
         base = cls.presets[preset]
     except KeyError:
         raise ValueError(f"unknown {name} preset {preset!r}; choose one of {sorted(cls.presets)}") from None
-    from dataclasses import replace
-
     return replace(base, **(overrides or {}))

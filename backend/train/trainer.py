@@ -11,7 +11,8 @@ selects keyframes when the method uses split optimisation, writes ``avatar.json`
   generators come back from the latest checkpoint, and the frames of each step are a pure
   function of (seed, step), so the run continues bit for bit as if it had never stopped;
 * cancellation through ``progress.cancelled()`` (Ctrl-C, the server's cancel), checked before
-  every step: the loop saves a checkpoint and returns.
+  every step (the loop saves a checkpoint and returns) and while the capture is prepared (the
+  run returns without writing anything).
 """
 
 from __future__ import annotations
@@ -41,16 +42,22 @@ from backend.bodies import load_smplx
 from backend.bodies.base import BodyModel
 from backend.capture.folder import CaptureFolder
 from backend.capture.motion import SPLIT_TEST, SPLIT_TRAIN
-from backend.data.dataset import CaptureData
+from backend.data.dataset import CaptureData, PreparationCancelled
 from backend.data.schedule import FrameSchedule
-from backend.errors import CheckpointError
+from backend.errors import CaptureFormatError, CheckpointError
 from backend.features.geometry import BodyRasterizer
 from backend.features.keyframes import keyframe_count, select_keyframes
 from backend.metrics import psnr
 from backend.paths import ModelFolders
 from backend.progress import Progress, make_progress, write_preview_png
 from backend.server.device import select_device
-from backend.train.checkpoint import flatten_training_state, load_checkpoint, restore_training_state, save_checkpoint
+from backend.train.checkpoint import (
+    Checkpoint,
+    flatten_training_state,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+)
 from backend.train.config import TrainingConfig, available_threads, config_from_dict, config_to_dict
 from backend.train.method import Method, method_class
 
@@ -123,18 +130,12 @@ class _Run:
         )
         self.last_saved_step = step
 
-    def restore(self) -> int:
-        checkpoint = load_checkpoint(self.checkpoints, "latest")
-        if checkpoint.config.get("method") != self.method.name:
-            raise CheckpointError(checkpoint.path, f"is a {checkpoint.config.get('method')!r} checkpoint, the avatar is {self.method.name!r}")
-        restore_training_state(
-            checkpoint, modules=self.method.modules(), optimizers=self.method.optimizers(), scalers=self.method.scalers()
-        )
+    def continue_from(self, checkpoint: Checkpoint) -> None:
+        """Take over the validation history of the checkpoint a resumed run started from."""
         self.validation = list(checkpoint.meta.get("validation") or [])
         best = checkpoint.meta.get("best_psnr")
         self.best_psnr = float(best) if isinstance(best, (int, float)) else -math.inf
         self.last_saved_step = checkpoint.step
-        return checkpoint.step
 
     # ------------------------------------------------------------------ validation
 
@@ -161,6 +162,16 @@ class _Run:
         self.validation.append({"step": step, "psnr": value, "split": self.validation_split})
         write_preview_png(preview, _preview_path(self.out))
         return value, preview
+
+
+def _restore_latest(checkpoints: Path, method: Method) -> Checkpoint:
+    """Load the latest checkpoint into ``method``: modules, optimizers, scalers and the random generators."""
+    checkpoint = load_checkpoint(checkpoints, "latest")
+    if checkpoint.config.get("method") != method.name:
+        raise CheckpointError(checkpoint.path, f"is a {checkpoint.config.get('method')!r} checkpoint, the avatar is {method.name!r}")
+    restore_training_state(checkpoint, modules=method.modules(), optimizers=method.optimizers(), scalers=method.scalers())
+    checkpoint.tensors.clear()  # the method holds what it needs; drop the rest before the data loads
+    return checkpoint
 
 
 def _preview_path(out: Path) -> Path:
@@ -233,15 +244,26 @@ def train(
         method_config = method_config or cls.presets.get(config.preset) or cls.presets["cpu"]
         method = cls(method_config, body.rest_vertices(), device)
 
+    method.setup_training(config)
+    # Restored before the data is prepared: a damaged checkpoint fails at once, and a cancel
+    # during preparation knows the step. Preparing the data draws no random numbers, so the
+    # restored generators still continue exactly where the interrupted run stopped.
+    checkpoint = _restore_latest(out / CHECKPOINTS, method) if resume else None
+    start = checkpoint.step if checkpoint is not None else 0
+
     geometry = BodyRasterizer(
         body, capture_folder.tracking.motion.betas, method.needs, expand_offset=method.expand_offset, rasterizer=config.rasterizer
     )
     find_keyframes = method.keyframe_fraction > 0 and not resume
     progress.log(f"preparing {capture_folder.path} at resolution {config.resolution} for {method.name}")
-    data = CaptureData(
-        capture_folder, geometry, config.resolution, divisor=method.divisor, device=device,
-        cache_bytes=config.cache_bytes, visibility=find_keyframes,
-    )
+    try:
+        data = CaptureData(
+            capture_folder, geometry, config.resolution, divisor=method.divisor, device=device,
+            cache_bytes=config.cache_bytes, visibility=find_keyframes, cancelled=progress.cancelled,
+        )
+    except PreparationCancelled:
+        progress.log("cancelled while preparing the capture; nothing was changed")
+        return TrainResult(avatar=out, step=start, start_step=start, cancelled=True, seconds=0.0)
     if resume:
         trained_on = (record.capture.num_frames, list(record.capture.image_size), record.resolution)
         given = (capture_folder.num_frames, list(capture_folder.image_size), list(data.resolution))
@@ -260,6 +282,10 @@ def train(
             assert data.visible_faces is not None
             count = keyframe_count(len(data.train_frames), method.keyframe_fraction)
             selection = select_keyframes(data.visible_faces, geometry.face_areas().cpu(), count)
+            if not selection.frames:
+                raise CaptureFormatError(
+                    capture_folder.path / "tracking.npz", "no training frame shows the body; check the cameras and poses"
+                )
             keyframes = [int(data.train_frames[row]) for row in selection.frames]
             record.keyframe_coverage = selection.coverage
             progress.log(f"{len(keyframes)} keyframes cover {selection.coverage:.1%} of the visible surface")
@@ -267,9 +293,9 @@ def train(
         data.visible_faces = None
         write_record(out, record)
 
-    method.setup_training(config)
     run = _Run(out, config, record, method, data, progress)
-    start = run.restore() if resume else 0
+    if checkpoint is not None:
+        run.continue_from(checkpoint)
     schedule = FrameSchedule.build(
         data.train_frames, keyframes, batch_size=config.batch_size, keyframe_every=method.keyframe_every, seed=config.seed
     )
