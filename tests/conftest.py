@@ -130,6 +130,32 @@ def fresh_server(tmp_path: Path):
         running.stop()
 
 
+# The tiny sample capture (24 training + 8 held-out frames at 64²) and one avatar trained on it,
+# made once per test session and shared by the server's avatar, job and bake tests. Same
+# configuration as the training / rendering tests, so the capture is generated only once.
+TINY_SAMPLE = {"train_frames": 24, "test_frames": 8, "size": 64}
+
+
+@pytest.fixture(scope="session")
+def tiny_sample_capture(capture_root: Path) -> Path:
+    from backend.capture.sample import SampleCaptureConfig
+    from backend.data.sample import cached_sample_capture
+
+    return cached_sample_capture(SampleCaptureConfig(**TINY_SAMPLE), capture_root)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_avatar(tiny_sample_capture: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ANR avatar trained for 60 steps at 64² (a few seconds): clearly the person, not yet sharp."""
+    from backend.train.config import TrainingConfig
+    from backend.train.trainer import train
+
+    out = tmp_path_factory.mktemp("tiny-avatar") / "avatar"
+    config = TrainingConfig(resolution=64, iterations=60, checkpoint_every=60, validate_every=60, validation_frames=4)
+    train(tiny_sample_capture, out, config)
+    return out
+
+
 # ================================================================ end of server fixtures
 
 

@@ -1,4 +1,5 @@
-"""The backend server as a real subprocess: auth, binding, requests, failures, fuzzing, jobs, shutdown.
+"""The backend server as a real subprocess: auth, binding, requests, failures, fuzzing, jobs (real
+training jobs on a tiny sample capture), shutdown.
 
 Plus the in-process parts it is made of: parameter schemas, the handler registry and
 progress reporting.
@@ -12,6 +13,7 @@ import ipaddress
 import math
 import os
 import random
+import signal
 import socket
 import stat
 import subprocess
@@ -35,7 +37,7 @@ from backend.progress import (
 )
 from backend.server import registry
 from backend.server.listener import BindError, Listener, check_bind_address
-from backend.server.probe_job import load_checkpoint
+from backend.train.checkpoint import load_checkpoint
 from tests.conftest import REPOSITORY_ROOT, server_environment
 from backend.server.schema import (
     ANY_ARRAYS,
@@ -232,10 +234,11 @@ def test_info_reports_device_versions_avatars_and_requests(server):
     assert info["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
     assert info["versions"]["torch"] and info["versions"]["numpy"] == np.__version__
     assert info["avatars"] == []
-    assert {"hello", "info", "ping", "job_status", "job_list", "job_cancel", "job_follow", "shutdown", "probe_start"} <= set(
-        info["requests"]
-    )
-    assert "probe" in info["job_kinds"] and info["handler_errors"] == {}
+    assert {
+        "hello", "info", "ping", "job_status", "job_list", "job_cancel", "job_follow", "shutdown",
+        "train_start", "bake", "load_avatar", "unload_avatar", "render", "render_sequence",
+    } <= set(info["requests"])
+    assert info["job_kinds"] == ["bake", "train"] and info["handler_errors"] == {}
     assert "bodies" not in info
 
 
@@ -277,8 +280,8 @@ def test_unknown_requests_and_bad_params_get_structured_errors(server):
             (("ping", {"width": 4}), wire.BAD_REQUEST, "both width and height"),
             (("ping", {"colour": "red"}), wire.BAD_REQUEST, "unknown key(s) 'colour'"),
             (("ping", {"dtype": "float64", "width": 2, "height": 2}), wire.BAD_REQUEST, "not one of uint8"),
-            (("probe_start", {"step_seconds": 10**400}), wire.BAD_REQUEST, "too large"),
-            (("probe_start", {"steps": True}), wire.BAD_REQUEST, "params.steps: must be an integer"),
+            (("bake", {"avatar": "/a", "out_dir": "/b", "width": 8, "height": 8, "fps": 10**400}), wire.BAD_REQUEST, "too large"),
+            (("train_start", {"capture": "/", "out": "/x", "iterations": True}), wire.BAD_REQUEST, "params.iterations: must be an integer"),
             (("job_status", {"job": "no-such-job"}), "not_found", "no job 'no-such-job'"),
             (("job_cancel", {}), wire.BAD_REQUEST, "params.job: required"),
             (("info", {"bodies": 1}), wire.BAD_REQUEST, "must be true or false"),
@@ -351,7 +354,10 @@ def test_several_clients_at_once(server):
 # ------------------------------------------------------------------ fuzzing
 
 
-KNOWN_TYPES = ["hello", "info", "ping", "job_status", "job_list", "job_cancel", "job_follow", "no_such_type", ""]
+KNOWN_TYPES = [
+    "hello", "info", "ping", "job_status", "job_list", "job_cancel", "job_follow",
+    "load_avatar", "unload_avatar", "render", "no_such_type", "",
+]
 
 
 def random_json(rng: random.Random, depth: int = 0):
@@ -370,19 +376,19 @@ def random_json(rng: random.Random, depth: int = 0):
         return rng.choice(["uint8", "float16", "../../etc/passwd", "/tmp", "job-1", "NaN"])
     if choice in (6, 7):
         return [random_json(rng, depth + 1) for _ in range(rng.randrange(0, 4))]
-    return {rng.choice(["width", "height", "dtype", "job", "wait", "timeout", "bodies", "token", "x"]): random_json(rng, depth + 1) for _ in range(rng.randrange(0, 4))}
+    return {rng.choice(["width", "height", "dtype", "job", "wait", "timeout", "bodies", "token", "avatar_id", "path", "x"]): random_json(rng, depth + 1) for _ in range(rng.randrange(0, 4))}
 
 
 def random_request(rng: random.Random, request_id: int) -> tuple[dict, dict]:
     params = random_json(rng) if rng.random() < 0.2 else {
-        key: random_json(rng) for key in rng.sample(["width", "height", "dtype", "job", "wait", "timeout", "bodies", "x"], rng.randrange(0, 3))
+        key: random_json(rng) for key in rng.sample(["width", "height", "dtype", "job", "wait", "timeout", "bodies", "avatar_id", "path", "x"], rng.randrange(0, 3))
     }
     header = {"kind": rng.choice(["request"] * 8 + ["reply", "event", None]), "id": rng.choice([request_id, request_id, "id-x", None, 1.5, [1]]), "type": rng.choice(KNOWN_TYPES), "params": params}
     if header["type"] == "ping" and isinstance(params, dict) and rng.random() < 0.5:
         params.pop("width", None), params.pop("height", None)  # keep test images small
         params["width"] = params["height"] = rng.randrange(1, 64)
     if header["type"].startswith("job_") and isinstance(params, dict) and rng.random() < 0.5:
-        params["job"] = rng.choice(["probe-x", "", "j" * 200, "../jobs"])
+        params["job"] = rng.choice(["train-x", "", "j" * 200, "../jobs"])
     if header["type"] == "info" and isinstance(params, dict):
         params["bodies"] = False  # describing body models is slow and not what is fuzzed here
     arrays = {}
@@ -500,17 +506,60 @@ def test_fuzzing_never_breaks_the_server(fresh_server):
     assert "Traceback" not in server.log_text()
 
 
-# ------------------------------------------------------------------ jobs
+# ------------------------------------------------------------------ jobs: real training jobs on a tiny sample capture
+
+# Small and quick: 64² training, one torch thread (the other core stays free for renders).
+QUICK_TRAINING = {"resolution": 64, "threads": 1, "checkpoint_every": 5, "validate_every": 5}
+ENDLESS = 1_000_000  # iterations of a job that only ends when cancelled, killed or shut down
 
 
-def start_probe(client, **params) -> dict:
-    return client.request("probe_start", params).result["job"]
+def train_params(capture: Path, out: Path, **options) -> dict:
+    return {"capture": str(capture), "out": str(out), **QUICK_TRAINING, **options}
 
 
-def test_job_streams_progress_losses_eta_and_previews(server):
-    with server.client() as client:
+def start_training(client, capture: Path, out: Path, **options) -> dict:
+    return client.request("train_start", train_params(capture, out, **options)).result["job"]
+
+
+def wait_for_step(client, job_id: str, step: int, *, preview: bool = False, timeout: float = 90.0) -> wire.Message:
+    """Poll ``job_status`` until the running job has reported ``step`` (and a preview, if asked)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = client.request("job_status", {"job": job_id, "preview": preview})
+        state = status.result["job"]
+        assert state["status"] == "running", state
+        if state["step"] >= step and (not preview or "preview" in status.arrays):
+            return status
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)
+
+
+def wait_for_log(server, text: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.log_text():
+        assert time.monotonic() < deadline, f"{text!r} not in the server log"
+        time.sleep(0.05)
+
+
+def tiny_render_arrays(capture: Path, frames: int = 1) -> dict[str, np.ndarray]:
+    """Held-out poses of the tiny capture and their cameras, as render arrays."""
+    from backend.capture import SPLIT_TEST, read_tracking
+
+    tracking = read_tracking(capture / "tracking.npz")
+    rows = tracking.frames_of(SPLIT_TEST)[:frames]
+    arrays = {key: value[rows] for key, value in tracking.motion.arrays().items() if key != "betas"}
+    arrays["camera_K"] = tracking.camera.K[rows]
+    arrays["camera_world_to_camera"] = tracking.camera.world_to_camera[rows]
+    return arrays
+
+
+def test_training_job_reports_progress_losses_eta_and_previews(server, tiny_sample_capture, tmp_path):
+    out = tmp_path / "avatar"
+    with server.client() as starter, server.client() as follower:
+        job = start_training(starter, tiny_sample_capture, out, iterations=12, validate_every=6)
+        assert job["kind"] == "train" and job["status"] == "running"
         events, previews = [], []
-        for message in client.stream("probe_start", {"steps": 12, "step_seconds": 0.02, "preview_every": 4, "stream": True}):
+        for message in follower.stream("job_follow", {"job": job["id"]}):  # from another connection
             if message.kind == "event":
                 assert message.header["event"] == "progress"
                 events.append(message.data)
@@ -518,126 +567,142 @@ def test_job_streams_progress_losses_eta_and_previews(server):
                     previews.append(as_array(message.arrays["preview"]))
             else:
                 final = message.result["job"]
-    assert final["status"] == "done" and final["step"] == 12 and final["total"] == 12 and final["exit_code"] == 0
+        status = starter.request("job_status", {"job": job["id"], "preview": True})
+    assert final["status"] == "done" and final["step"] == 12 and final["total"] == 12 and final["exit_code"] == 0, final
     steps = [event["step"] for event in events]
-    assert steps == sorted(steps) and steps[-1] >= 8
-    assert all(math.isfinite(event["losses"]["mse"]) for event in events if event["step"])
+    assert steps == sorted(steps) and steps[-1] >= 6
+    reported = [event["losses"] for event in events if event["step"] and "rgb" in event["losses"]]
+    assert reported and all(math.isfinite(losses["rgb"]) and math.isfinite(losses["total"]) for losses in reported)
     assert any(event["eta_seconds"] is not None for event in events)
-    assert previews and all(p.shape == (64, 64, 4) and p.dtype == np.uint8 for p in previews)
-    weights, step = load_checkpoint(Path(final["job_dir"]) / "probe.safetensors")
-    assert step == 12 and weights.shape == (16,) and np.isfinite(weights).all()
+    assert any("validation PSNR" in event["message"] for event in events)
+    # Validation previews (ground truth | render at 64²) came along, and job_status returns the latest.
+    assert previews and all(p.shape == (64, 128, 4) and p.dtype == np.uint8 for p in previews)
+    assert as_array(status.arrays["preview"]).shape == (64, 128, 4)
+    assert load_checkpoint(out / "checkpoints").step == 12
 
 
-def test_requests_are_answered_while_a_job_runs_and_cancel_is_prompt(server):
-    with server.client() as control, server.client() as other:
-        job = start_probe(control, steps=2000, step_seconds=0.05, preview_every=2)
-        for _ in range(5):  # a "render-sized" reply while the job works
-            image = other.request("ping", {"width": 512, "height": 512, "dtype": "float16"}).arrays["image"]
-            assert image.shape == (512, 512, 4)
-        deadline = time.monotonic() + 30
-        while True:
-            status = control.request("job_status", {"job": job["id"], "preview": True})
-            if status.result["job"]["step"] >= 3 and "preview" in status.arrays:
-                break
-            assert time.monotonic() < deadline, status.result
-            time.sleep(0.05)
-        assert status.result["job"]["status"] == "running"
-        assert as_array(status.arrays["preview"]).shape == (64, 64, 4)
-        listed = {entry["id"]: entry for entry in other.request("job_list").result["jobs"]}
+def test_renders_are_answered_during_training_and_cancel_leaves_a_resumable_checkpoint(
+    server, tiny_sample_capture, tiny_trained_avatar, tmp_path
+):
+    out = tmp_path / "avatar"
+    arrays = tiny_render_arrays(tiny_sample_capture)
+    with server.client(timeout=120) as control, server.client(timeout=120) as renderer:
+        avatar_id = renderer.request("load_avatar", {"path": str(tiny_trained_avatar)}).result["avatar_id"]
+        job = start_training(control, tiny_sample_capture, out, iterations=ENDLESS)
+        status = wait_for_step(control, job["id"], 3, preview=True)
+        assert as_array(status.arrays["preview"]).shape == (64, 128, 4)
+        for _ in range(5):  # a previously trained avatar renders while the job trains
+            reply = renderer.request("render", {"avatar_id": avatar_id, "width": 64, "height": 64}, arrays)
+            assert as_array(reply.arrays["rgba"])[..., 3].max() > 127  # the body is drawn
+            assert control.request("job_status", {"job": job["id"]}).result["job"]["status"] == "running"
+        listed = {entry["id"]: entry for entry in renderer.request("job_list").result["jobs"]}
         assert listed[job["id"]]["status"] == "running"
 
         cancel_started = time.monotonic()
+        control.request("job_cancel", {"job": job["id"]})
+        while not any("saved a checkpoint" in line for line in control.request("job_status", {"job": job["id"]}).result["job"]["log"]):
+            assert time.monotonic() - cancel_started < 1.0, "the job did not checkpoint within 1 s of the cancel"
+            time.sleep(0.02)
         cancelled = control.request("job_cancel", {"job": job["id"], "wait": True, "timeout": 10}).result["job"]
-        cancel_seconds = time.monotonic() - cancel_started
-    assert cancelled["status"] == "cancelled" and cancelled["exit_code"] == 0, cancelled  # exited by itself, not killed
-    assert cancel_seconds < 3.0  # the kill escalation starts at 3 s; the job stops well before
-    weights, step = load_checkpoint(Path(cancelled["job_dir"]) / "probe.safetensors")
-    assert 3 <= step < 2000 and np.isfinite(weights).all()
-    assert any("cancelled after step" in line for line in cancelled["log"])
+        # Stopped by itself (exit code 0), before the kill escalation at 3 s; the interpreter's own exit
+        # (unloading torch) takes about half a second after the checkpoint.
+        assert cancelled["status"] == "cancelled" and cancelled["exit_code"] == 0, cancelled
+        assert time.monotonic() - cancel_started < 3.0
+
+        # The checkpoint written on cancel is a valid avatar ...
+        loaded = renderer.request("load_avatar", {"path": str(out)}).result
+        saved = loaded["info"]["training_steps"]
+        assert 3 <= cancelled["step"] <= saved < ENDLESS
+        rendered = renderer.request("render", {"avatar_id": loaded["avatar_id"], "width": 64, "height": 64}, arrays)
+        assert as_array(rendered.arrays["rgba"]).shape == (1, 64, 64, 4)
+
+        # ... and training resumes from it.
+        resumed = list(control.stream("train_start", train_params(tiny_sample_capture, out, iterations=saved + 4, resume=True, stream=True)))
+    final = resumed[-1].result["job"]
+    assert final["status"] == "done" and final["step"] == saved + 4, final
+    resumed_steps = [message.data["step"] for message in resumed[:-1] if message.data["step"]]
+    assert resumed_steps and min(resumed_steps) > saved
+    assert load_checkpoint(out / "checkpoints").step == saved + 4
 
 
-def test_streaming_client_sees_the_cancel(server):
+def test_streams_end_cleanly_when_clients_vanish_and_watchers_see_the_cancel(server, tiny_sample_capture, tmp_path):
     with server.client() as watcher, server.client() as control:
-        stream = watcher.stream("probe_start", {"steps": 2000, "step_seconds": 0.05, "stream": True})
-        first = next(stream)
-        job_id = first.data["id"]
-        control.request("job_cancel", {"job": job_id})
-        final = [message for message in stream][-1]
-    assert final.kind == "reply" and final.result["job"]["status"] == "cancelled"
-
-
-def test_follow_a_job_from_another_connection(server):
-    with server.client() as starter, server.client() as follower:
-        job = start_probe(starter, steps=15, step_seconds=0.02, preview_every=0)
-        messages = list(follower.stream("job_follow", {"job": job["id"]}))
-    assert messages[-1].kind == "reply" and messages[-1].result["job"]["status"] == "done"
-    assert messages[-1].result["job"]["step"] == 15
-
-
-def test_a_crashing_job_is_reported_failed_and_the_server_carries_on(server):
-    with server.client() as client:
-        final = client.request("probe_start", {"steps": 50, "step_seconds": 0.01, "fail_at_step": 3, "stream": True}).result["job"]
-    assert final["status"] == "failed" and final["exit_code"] == 1
-    assert "ProbeFailure: probe job failing at step 3" in final["error"]
-    assert "\n" not in final["error"]
-    log_text = server.log_text()
-    assert f"job {final['id']} failed" in log_text and "Traceback (most recent call last)" in log_text
-    weights, step = load_checkpoint(Path(final["job_dir"]) / "probe.safetensors")
-    assert step == 2  # the checkpoint holds the last completed step
-    assert_still_serving(server)
-
-
-def test_client_vanishing_mid_stream_leaves_the_job_and_server_running(server):
-    watcher = server.client()
-    stream = watcher.stream("probe_start", {"steps": 2000, "step_seconds": 0.02, "stream": True})
-    job_id = next(stream).data["id"]
-    next(stream)
-    watcher._sock.shutdown(socket.SHUT_RDWR)  # vanish without a goodbye
-    watcher._sock.close()
-    with server.client() as control:
-        first = control.request("job_status", {"job": job_id}).result["job"]
-        deadline = time.monotonic() + 20
-        while control.request("job_status", {"job": job_id}).result["job"]["step"] <= first["step"] + 5:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert control.request("job_status", {"job": job_id}).result["job"]["status"] == "running"
-        deadline = time.monotonic() + 20
-        while "went away" not in server.log_text():  # the streaming thread noticed and ended
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert control.request("job_cancel", {"job": job_id, "wait": True}).result["job"]["status"] == "cancelled"
-    assert_still_serving(server)
-
-
-def test_abandoning_a_stream_closes_only_that_client(server):
-    with server.client() as client:
-        stream = client.stream("probe_start", {"steps": 2000, "step_seconds": 0.02, "stream": True})
+        stream = watcher.stream("train_start", train_params(tiny_sample_capture, tmp_path / "avatar", iterations=ENDLESS, stream=True))
         job_id = next(stream).data["id"]
-        stream.close()
-        assert client.closed
+
+        vanishing = server.client()  # follows, then disappears without a goodbye
+        follow = vanishing.stream("job_follow", {"job": job_id})
+        next(follow)
+        vanishing._sock.shutdown(socket.SHUT_RDWR)
+        vanishing._sock.close()
+
+        abandoning = server.client()  # stops reading: the client library closes that connection only
+        follow = abandoning.stream("job_follow", {"job": job_id})
+        next(follow)
+        follow.close()
+        assert abandoning.closed
         with pytest.raises(wire.ProtocolError, match="closed"):
-            client.request("ping")
-    with server.client() as control:
-        assert control.request("job_cancel", {"job": job_id, "wait": True}).result["job"]["status"] == "cancelled"
+            abandoning.request("ping")
+
+        state = wait_for_step(control, job_id, 1)
+        wait_for_step(control, job_id, state.result["job"]["step"] + 3)  # the job trains on regardless
+        wait_for_log(server, "went away")  # the follower's thread noticed and ended
+        control.request("job_cancel", {"job": job_id})
+        final = list(stream)[-1]
+    assert final.kind == "reply" and final.result["job"]["status"] == "cancelled"
+    assert_still_serving(server)
+
+
+def test_failed_jobs_are_reported_in_one_line_and_the_server_carries_on(server, tiny_sample_capture, tiny_trained_avatar, tmp_path):
+    with server.client() as client:
+        # A real crash: the training process is killed mid-run.
+        job = start_training(client, tiny_sample_capture, tmp_path / "killed", iterations=ENDLESS)
+        wait_for_step(client, job["id"], 1)
+        os.kill(job["pid"], signal.SIGKILL)
+        final = client.request("job_follow", {"job": job["id"]}).result["job"]
+        assert final["status"] == "failed" and final["exit_code"] == -signal.SIGKILL, final
+        assert final["error"].startswith("killed by SIGKILL") and "\n" not in final["error"]
+        # The job's own error (an avatar is already there) becomes the one-line reason.
+        refused = client.request("train_start", train_params(tiny_sample_capture, tiny_trained_avatar, iterations=5, stream=True)).result["job"]
+    assert refused["status"] == "failed" and refused["exit_code"] == 2, refused
+    assert "already holds an avatar" in refused["error"] and "\n" not in refused["error"]
+    assert str(tiny_trained_avatar) in refused["error"]
+    log_text = server.log_text()
+    assert f"job {final['id']} failed" in log_text and f"job {refused['id']} failed" in log_text
+    assert_still_serving(server)
+
+
+def test_job_requests_check_their_parameters(server, tiny_sample_capture, tmp_path):
+    with server.client() as client:
+        before = len(client.request("job_list").result["jobs"])
+        cases = [
+            ({"capture": str(tmp_path / "missing"), "out": str(tmp_path / "a")}, "params.capture", "is not an existing folder"),
+            ({"capture": str(tiny_sample_capture), "out": "relative/avatar"}, "params.out", "must be an absolute path"),
+            ({"capture": str(tiny_sample_capture), "out": str(tmp_path), "method": "ram"}, "params.method", "not one of anr"),
+            ({"capture": str(tiny_sample_capture), "out": str(tmp_path), "preset": "tpu"}, "params.preset", "not one of cpu, gpu"),
+            ({"capture": str(tiny_sample_capture), "out": str(tmp_path), "iterations": 0}, "params.iterations", "outside 1.."),
+        ]
+        for params, name, text in cases:
+            with pytest.raises(wire.RemoteError) as caught:
+                client.request("train_start", params)
+            assert caught.value.code == wire.BAD_REQUEST and name in caught.value.message and text in caught.value.message
+        assert len(client.request("job_list").result["jobs"]) == before  # nothing was started
 
 
 # ------------------------------------------------------------------ shutdown
 
 
-def test_sigterm_shuts_down_cleanly_and_stops_jobs(fresh_server):
+def test_sigterm_shuts_down_cleanly_and_stops_jobs(fresh_server, tiny_sample_capture, tmp_path):
     server = fresh_server
+    out = tmp_path / "avatar"
     with server.client() as client:
-        job = start_probe(client, steps=100_000, step_seconds=0.02)
-        deadline = time.monotonic() + 20
-        while client.request("job_status", {"job": job["id"]}).result["job"]["step"] < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        job = start_training(client, tiny_sample_capture, out, iterations=ENDLESS, validate_every=ENDLESS)
+        wait_for_step(client, job["id"], 2)
     assert server.stop(timeout=20) == 0
     assert not server.connection_file.exists()
     with pytest.raises(ProcessLookupError):
         os.kill(job["pid"], 0)
-    _, step = load_checkpoint(Path(job["job_dir"]) / "probe.safetensors")
-    assert step >= 2
+    assert 2 <= load_checkpoint(out / "checkpoints").step < ENDLESS  # the job checkpointed as it stopped
     log_text = server.log_text()
     assert "shutting down" in log_text and "stopped" in log_text and f"job {job['id']} cancelled" in log_text
 
@@ -717,6 +782,26 @@ def test_array_schema_checks_dtype_shape_named_sizes_and_finiteness():
             validate_arrays(schema, arrays)
         assert text in str(caught.value), (text, caught.value)
     assert set(validate_arrays(ANY_ARRAYS, {"a": wire_array(np.zeros(2))})) == {"a"}
+
+
+def test_array_schema_accepts_alternative_shapes():
+    schema = {
+        "transl": Array(("float32",), ("B", 3), required=False),
+        "camera_K": Array(("float32",), ("B", 3, 3), or_shapes=((3, 3),)),
+    }
+    shared = validate_arrays(schema, {"transl": wire_array(np.zeros((4, 3), np.float32)), "camera_K": wire_array(np.eye(3, dtype=np.float32))})
+    assert shared["camera_K"].shape == (3, 3)
+    per_frame = validate_arrays(schema, {"camera_K": wire_array(np.zeros((4, 3, 3), np.float32))})
+    assert per_frame["camera_K"].shape == (4, 3, 3)
+    bad = [
+        ({"transl": wire_array(np.zeros((4, 3), np.float32)), "camera_K": wire_array(np.zeros((2, 3, 3), np.float32))}, "axis 0 (B) is 2 but transl has B=4"),
+        ({"camera_K": wire_array(np.zeros((3, 4), np.float32))}, "arrays.camera_K: shape [3, 4] does not match (3, 3)"),
+        ({"camera_K": wire_array(np.zeros(9, np.float32))}, "shape [9] does not match (B, 3, 3) or (3, 3)"),
+    ]
+    for arrays, text in bad:
+        with pytest.raises(BadRequest) as caught:
+            validate_arrays(schema, arrays)
+        assert text in str(caught.value), (text, caught.value)
 
 
 def test_a_broken_handler_module_is_reported_not_fatal(tmp_path, monkeypatch):

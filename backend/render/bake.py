@@ -50,6 +50,14 @@ def over_background(premultiplied: np.ndarray, background: Sequence[float]) -> n
     return (np.clip(colour, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def frame_file_name(index: int, first_frame: int | None = None) -> str:
+    """``{index:06d}.png`` for motion frame ``index``; with ``first_frame`` (the scene frame of motion
+    frame 0) ``frame_{first_frame + index:06d}.png``, the names the add-on's bake expects."""
+    if first_frame is None:
+        return f"{index:06d}.png"
+    return f"frame_{first_frame + index:06d}.png"
+
+
 class _VideoWriter:
     """H.264 through imageio-ffmpeg; odd sizes get one padding row/column (yuv420p needs even sizes)."""
 
@@ -82,13 +90,15 @@ def bake(
     resolution: int | None = None,
     background: Sequence[float] = (0.0, 0.0, 0.0),
     batch_size: int | None = None,
+    first_frame: int | None = None,
 ) -> BakeResult:
     """Render ``frames`` (default: all) of a motion into ``out_dir/000000.png …`` (+ ``render.mp4``).
 
     ``tracking``: a :class:`Tracking`, or a path to a capture folder, ``tracking.npz`` or AMASS
     ``.npz``. Tracked cameras are used (rescaled to ``resolution`` on the longer side when
     given); a motion without a camera gets :func:`backend.render.camera.default_camera`
-    (``resolution`` squared, default 512). PNG names are the motion's frame indices.
+    (``resolution`` squared, default 512). PNG names are the motion's frame indices, or with
+    ``first_frame`` the scene's frame numbers as Blender counts them (:func:`frame_file_name`).
     Cancelling through ``progress`` stops after the current frame and keeps what was written.
     """
     progress = progress or make_progress("none")
@@ -112,7 +122,7 @@ def bake(
     try:
         stream = avatar.render_sequence(poses, K[chosen], world_to_camera[chosen], size, batch_size=batch_size)
         for index, frame in zip(chosen, stream):
-            path = out / f"{index:06d}.png"
+            path = out / frame_file_name(index, first_frame)
             Image.fromarray(straight_rgba(frame), "RGBA").save(path, format="PNG", compress_level=3)
             if video is not None:
                 video.write(over_background(frame, background))

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 class ServerContext:
     """Handed to every handler as ``request.server``.
 
-    ``avatars`` maps avatar ids to loaded avatars (filled by ``load_avatar``); guard every
-    access with ``avatars_lock`` since connections run in parallel threads.
+    ``avatars`` maps avatar ids to :class:`backend.server.handlers.avatars.LoadedAvatar`
+    (filled by ``load_avatar``); guard every access to the dict with ``avatars_lock``, since
+    connections run in parallel threads (each avatar's own lock serialises its renders).
     """
 
     device: str

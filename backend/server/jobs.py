@@ -9,16 +9,19 @@ terminated, then killed, if it has not exited after ``cancel_grace`` seconds.
 
 A module that owns a kind of job registers it from ``backend/server/handlers/``::
 
-    from backend.server.jobs import backend_argv, job_kind
+    from backend.server.jobs import JobSetup, backend_argv, job_kind
     from backend.server.schema import FilePath, Integer
 
     @job_kind("train", request="train_start",
-              params={"capture": FilePath(exists="dir"), "steps": Integer(min=1)})
-    def train_argv(params: dict, job_dir: Path) -> list[str]:
-        return backend_argv("train", "--capture", str(params["capture"]), "--out", str(job_dir))
+              params={"capture": FilePath(exists="dir"), "iterations": Integer(min=1)})
+    def train_argv(setup: JobSetup) -> list[str]:
+        return backend_argv("train", str(setup.params["capture"]), "--out", ...)
 
 This also registers the request ``train_start`` (its params plus ``stream``: when true the
-reply is preceded by ``progress`` events with the job's state and preview images).
+reply is preceded by ``progress`` events with the job's state and preview images). A kind that
+declares ``arrays`` gets them in ``setup.arrays`` and writes what the child needs into
+``setup.job_dir`` before returning the command line; an ``AvatarError`` raised there refuses
+the request (and the job folder is removed).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import json
 import logging
 import os
 import secrets
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -41,7 +46,7 @@ import numpy as np
 from blender_addon import wire
 from backend.progress import JOB_CONTROL_ENV, JOB_DIR_ENV, ProgressEvent, parse_event
 from backend.server.registry import NO_ARRAYS, Request, RequestError, Result, register_handler
-from backend.server.schema import Boolean, Field
+from backend.server.schema import Array, Boolean, Field
 
 log = logging.getLogger("backend.server")
 
@@ -54,11 +59,25 @@ LOG_TAIL_LINES = 20
 
 
 @dataclass(frozen=True)
+class JobSetup:
+    """What a job kind's builder gets: the request's validated params and arrays, the job's own
+    folder (its working directory, empty so far) and the server's device."""
+
+    params: dict[str, Any]
+    arrays: Mapping[str, np.ndarray]
+    job_dir: Path
+    device: str
+
+
+BuildArgv = Callable[[JobSetup], list[str]]
+
+
+@dataclass(frozen=True)
 class JobKind:
     name: str
     request: str
     params: Mapping[str, Field]
-    build_argv: Callable[[dict[str, Any], Path], list[str]]
+    build_argv: BuildArgv
     doc: str = ""
 
 
@@ -71,11 +90,11 @@ def backend_argv(subcommand: str, *arguments: str) -> list[str]:
 
 
 def job_kind(
-    name: str, *, request: str, params: Mapping[str, Field] | None = None
-) -> Callable[[Callable[[dict[str, Any], Path], list[str]]], Callable[[dict[str, Any], Path], list[str]]]:
+    name: str, *, request: str, params: Mapping[str, Field] | None = None, arrays: Mapping[str, Array] = NO_ARRAYS
+) -> Callable[[BuildArgv], BuildArgv]:
     """Register a kind of job and the request that starts it (see the module docstring)."""
 
-    def register(build_argv: Callable[[dict[str, Any], Path], list[str]]) -> Callable[[dict[str, Any], Path], list[str]]:
+    def register(build_argv: BuildArgv) -> BuildArgv:
         declared = dict(params or {})
         if "stream" in declared:
             raise ValueError(f"job kind {name!r}: 'stream' is reserved for the start request")
@@ -93,7 +112,7 @@ def job_kind(
             request,
             start,
             params={**declared, "stream": Boolean(default=False, doc="stream progress events until the job ends")},
-            arrays=NO_ARRAYS,
+            arrays=arrays,
         )
         return build_argv
 
@@ -169,6 +188,18 @@ def _stderr_tail(path: Path, max_bytes: int = 8192) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
+def _failure_reason(exit_code: int, stderr_tail: list[str]) -> str:
+    """One line for a failed job: the signal that killed it, else the last line it printed (its error)."""
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        return f"killed by {name} (exit code {exit_code}); see {STDERR_FILE} in the job folder"
+    reason = stderr_tail[-1].strip() if stderr_tail else ""
+    return (reason or f"exited with code {exit_code}")[:300]
+
+
 class JobManager:
     """Starts job children, follows their progress and answers for their state (thread-safe)."""
 
@@ -192,11 +223,18 @@ class JobManager:
 
     # ---------------------------------------------------------- starting
 
-    def start(self, kind: JobKind, params: dict[str, Any]) -> Job:
+    def start(
+        self, kind: JobKind, params: dict[str, Any], arrays: Mapping[str, np.ndarray] | None = None, device: str = "cpu"
+    ) -> Job:
+        self._refuse_if_closed()
         job_id = f"{kind.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         job_dir = self.jobs_dir / job_id
         job_dir.mkdir(parents=True, mode=0o700)
-        argv = kind.build_argv(params, job_dir)
+        try:
+            argv = kind.build_argv(JobSetup(params, arrays or {}, job_dir, device))
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)  # a refused request leaves no job behind
+            raise
         record = {"id": job_id, "kind": kind.name, "params": _jsonable(params), "argv": argv, "created": time.time()}
         (job_dir / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         env = dict(os.environ)
@@ -209,8 +247,7 @@ class JobManager:
             {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt" else {"start_new_session": True}
         )
         with self._changed:
-            if self._closed:
-                raise RequestError("shutting_down", "the server is shutting down; no new jobs")
+            self._refuse_if_closed()
             with (job_dir / STDERR_FILE).open("wb") as stderr:
                 try:
                     process = subprocess.Popen(
@@ -230,6 +267,10 @@ class JobManager:
         log.info("job %s started: %s %s", job_id, self.python, " ".join(argv))
         threading.Thread(target=self._watch, args=(job,), name=f"job-{job_id}", daemon=True).start()
         return job
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise RequestError("shutting_down", "the server is shutting down; no new jobs")
 
     def _forget_old_jobs(self) -> None:
         finished = [job for job in self._jobs.values() if not job.running]
@@ -271,8 +312,7 @@ class JobManager:
         status = CANCELLED if cancelled else DONE if exit_code == 0 else FAILED
         error = ""
         if status == FAILED:
-            reason = tail[-1].strip() if tail else ""
-            error = (reason or (f"killed by signal {-exit_code}" if exit_code < 0 else f"exited with code {exit_code}"))[:300]
+            error = _failure_reason(exit_code, tail)
             log.error("job %s failed (exit code %s); stderr tail:\n%s", job.id, exit_code, "\n".join(tail[-30:]))
         else:
             log.info("job %s %s (exit code %s)", job.id, status, exit_code)
@@ -396,7 +436,7 @@ def follow_job(request: Request, job: Job) -> Result:
 def _start_job(kind: JobKind, request: Request) -> Result:
     params = dict(request.params)
     stream = params.pop("stream")
-    job = request.server.jobs.start(kind, params)
+    job = request.server.jobs.start(kind, params, request.arrays, request.server.device)
     if stream:
         return follow_job(request, job)
     state, _, _ = request.server.jobs.snapshot(job)

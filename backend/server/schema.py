@@ -141,19 +141,24 @@ class List(Field):
         return [self.item.clean(f"{where}[{index}]", item) for index, item in enumerate(value)]
 
 
+ShapePattern = tuple[int | str | None, ...]
+
+
 @dataclass(frozen=True)
 class Array:
     """A binary array: allowed dtypes and a shape pattern.
 
     Shape entries: an int (exact), None (any) or a name: the same name must have the same
-    size in every array of the request (e.g. ``("T", 63)`` and ``("T", 3)``).
+    size in every array of the request (e.g. ``("T", 63)`` and ``("T", 3)``). ``or_shapes``
+    lists further accepted patterns, e.g. ``(3, 3)`` for one camera shared by all T frames.
     """
 
     dtypes: tuple[str, ...]
-    shape: tuple[int | str | None, ...]
+    shape: ShapePattern
     required: bool = True
     finite: bool = True
     doc: str = ""
+    or_shapes: tuple[ShapePattern, ...] = ()
 
 
 ANY_ARRAYS: Mapping[str, Array] | None = None  # marker: accept any arrays unchecked (diagnostics only)
@@ -198,17 +203,19 @@ def validate_arrays(schema: Mapping[str, Array] | None, arrays: Mapping[str, Wir
         array = arrays[name]
         if array.dtype not in spec.dtypes:
             raise BadRequest(f"arrays.{name}: dtype {array.dtype} not allowed, expected {' or '.join(spec.dtypes)}")
-        if len(array.shape) != len(spec.shape):
-            raise BadRequest(f"arrays.{name}: shape {list(array.shape)} does not match {_shape_text(spec.shape)}")
-        for axis, (size, want) in enumerate(zip(array.shape, spec.shape)):
-            if isinstance(want, int) and size != want:
-                raise BadRequest(f"arrays.{name}: shape {list(array.shape)} does not match {_shape_text(spec.shape)}")
+        patterns = (spec.shape, *spec.or_shapes)
+        problems = [_shape_problem(name, tuple(array.shape), pattern, sizes) for pattern in patterns]
+        if all(problems):
+            same_rank = [problem for problem, pattern in zip(problems, patterns) if len(pattern) == len(array.shape)]
+            if len(same_rank) == 1:
+                raise BadRequest(same_rank[0])
+            raise BadRequest(
+                f"arrays.{name}: shape {list(array.shape)} does not match {' or '.join(map(_shape_text, patterns))}"
+            )
+        matched = patterns[problems.index(None)]
+        for size, want in zip(array.shape, matched):
             if isinstance(want, str):
-                seen = sizes.setdefault(want, (size, name))
-                if seen[0] != size:
-                    raise BadRequest(
-                        f"arrays.{name}: axis {axis} ({want}) is {size} but {seen[1]} has {want}={seen[0]}"
-                    )
+                sizes.setdefault(want, (size, name))
         value = as_numpy(array)
         if spec.finite and value.dtype.kind == "f" and value.size and not np.isfinite(value).all():
             raise BadRequest(f"arrays.{name}: contains NaN or infinite values")
@@ -216,5 +223,23 @@ def validate_arrays(schema: Mapping[str, Array] | None, arrays: Mapping[str, Wir
     return cleaned
 
 
-def _shape_text(shape: tuple[int | str | None, ...]) -> str:
+def _shape_problem(
+    name: str, shape: tuple[int, ...], pattern: ShapePattern, sizes: Mapping[str, tuple[int, str]]
+) -> str | None:
+    """Why ``shape`` does not fit ``pattern`` (given the named sizes seen so far), or None if it does."""
+    mismatch = f"arrays.{name}: shape {list(shape)} does not match {_shape_text(pattern)}"
+    if len(shape) != len(pattern):
+        return mismatch
+    seen = dict(sizes)
+    for axis, (size, want) in enumerate(zip(shape, pattern)):
+        if isinstance(want, int) and size != want:
+            return mismatch
+        if isinstance(want, str):
+            known, where = seen.setdefault(want, (size, name))
+            if known != size:
+                return f"arrays.{name}: axis {axis} ({want}) is {size} but {where} has {want}={known}"
+    return None
+
+
+def _shape_text(shape: ShapePattern) -> str:
     return "(" + ", ".join("*" if size is None else str(size) for size in shape) + ")"
