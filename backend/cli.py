@@ -54,11 +54,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     elif args.suite == "stream":
         from backend.bench.stream import run
 
-        run(resolutions=args.resolutions or [256, 512, 1024], repeats=args.repeats)
+        run(resolutions=args.resolutions or [256, 512, 1024], repeats=args.repeats, avatar=Path(args.avatar) if args.avatar else None)
     elif args.suite == "import":
         from backend.bench.importing import run
 
-        run(frames=args.frames, repeats=args.repeats, python=args.python)
+        run(
+            frames=args.frames, repeats=args.repeats, python=args.python,
+            avatar=Path(args.avatar) if args.avatar else None, live_sizes=args.resolutions,
+        )
     elif args.suite == "render":
         from backend.bench.render import run
 
@@ -130,7 +133,10 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
     avatar = load_avatar(Path(args.avatar), args.device, checkpoint=args.checkpoint, folders=_model_folders(args))
     with _progress(args, "render") as progress:
-        result = bake(avatar, Path(args.tracking), Path(args.out), args.frames, args.mp4, progress, resolution=args.resolution)
+        result = bake(
+            avatar, Path(args.tracking), Path(args.out), args.frames, args.mp4, progress,
+            resolution=args.resolution, first_frame=args.first_frame,
+        )
     video = f" and {result.video}" if result.video else ""
     print(f"wrote {len(result.files)} frames ({result.resolution[1]}x{result.resolution[0]}) to {result.out_dir}{video}")
     return 0
@@ -226,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="longer image side (default: the tracking's image size; 512 for motions without a camera)",
     )
     p.add_argument("--frames", type=_frame_range, metavar="A:B", help="frames A to B-1, or one frame N (default: all)")
+    p.add_argument(
+        "--first-frame", type=int, metavar="N",
+        help="name the PNGs frame_{N+i:06d}.png, motion frame i being scene frame N+i (default: NNNNNN.png by motion frame)",
+    )
     p.add_argument("--checkpoint", default="latest", help="latest, best, or a checkpoint name")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.set_defaults(handler=_cmd_render)
@@ -259,13 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="print performance figures (see README)")
     p.add_argument("suite", choices=["raster", "stream", "import", "render", "train", "networks"])
-    p.add_argument("--resolutions", type=int, nargs="+", metavar="N", help="square output sizes (train: the first one)")
+    p.add_argument("--resolutions", type=int, nargs="+", metavar="N", help="square output sizes (train: the first one; import: the live frames)")
     p.add_argument("--repeats", type=int, default=20, help="repetitions per measurement (median reported)")
     p.add_argument("--triangles", type=int, default=20000, help="raster: triangles in the test mesh")
     p.add_argument("--frames", type=int, default=10000, help="import: frames in the motion")
     p.add_argument("--python", metavar="EXE", help="import: a Python with the bpy module (default: this one)")
     p.add_argument("--iterations", type=int, default=600, help="train: training steps of the fixed budget")
     p.add_argument("--runs", type=int, default=1, help="train: training runs (median reported)")
+    p.add_argument(
+        "--avatar", metavar="DIR",
+        help="stream / import: avatar folder for the rendering-included and live-frame figures (default: a one-step sample avatar)",
+    )
     p.set_defaults(handler=_cmd_bench)
     return parser
 

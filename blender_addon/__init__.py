@@ -23,7 +23,17 @@ bl_info = {
 
 # Registration order: property types before the classes that point at them; panels last.
 # The backend session comes first so that it is stopped last, after its operators are gone.
-_REGISTERED_MODULES = ("backend_process", "properties", "preferences", "operators", "panels")
+_REGISTERED_MODULES = (
+    "backend_process",
+    "properties",
+    "preferences",
+    "operators",
+    "avatar_operators",
+    "job_monitor",
+    "live",
+    "engine",
+    "panels",
+)
 _registered: list = []
 
 

@@ -415,10 +415,10 @@ class BackendSession:
             self.server_info = ticket.result().result
         except BackendError as error:
             self.last_error = error.message
-        _redraw_sidebars()
+        redraw_sidebars()
 
 
-def _redraw_sidebars() -> None:
+def redraw_sidebars() -> None:
     """Panels show the session's state; redraw them when it changes (main thread only)."""
     import bpy
 

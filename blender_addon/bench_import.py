@@ -1,9 +1,17 @@
-"""Import and image-write timings inside Blender (run by ``python -m backend bench import``).
+"""Import, image-write and live-frame timings inside Blender (run by ``python -m backend bench import``).
 
 Runs in a Python that has ``bpy`` (the bpy module, or Blender itself with ``--python-expr``);
 ``main(argv)`` prints progress to stderr and one result line ``BENCH_RESULT <json>`` on stdout
 for the backend to format. Also provides the synthetic SMPL-X-sized template and motion the
 tests use.
+
+``--live``: the end-to-end latency of one live-mode frame. The add-on starts a real backend
+(``--backend-python``), imports the avatar's capture as a rig and binds the avatar, then times
+each part of a frame: reading the pose and camera, encoding and sending the ``render`` request,
+the backend's own render time (its ``render_ms``), the rest of the wait for the reply (transfer:
+the server's request decoding and reply encoding, loopback TCP, receiving), and writing the
+frame into the Blender image. The same frames also go through live mode itself (worker thread,
+``submit_latest``, drained on this thread as soon as they arrive) for the whole-path figure.
 """
 
 from __future__ import annotations
@@ -14,12 +22,25 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import bpy
 import numpy as np
 
-from . import register, unregister
+from . import backend_process, register, unregister, wire
+from .avatar_render import (
+    IMAGE_NAME,
+    avatar_ids,
+    checked_frame,
+    frame_inputs,
+    preview_size,
+    render_params,
+    sequence_arrays,
+    show_frame,
+)
+from .client import BackendClient, as_numpy
 from .importing import ImportOptions, import_motion
+from .live import live
 from .motion_math import axis_angle_to_quaternion, make_quaternions_continuous
 from .rig import find_avatar, remove_avatar
 from .viewport import FrameWriter
@@ -194,6 +215,129 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def machine() -> dict[str, object]:
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "blender": bpy.app.version_string,
+        "numpy": np.__version__,
+    }
+
+
+LIVE_PARTS = ("pose_read", "encode_send", "backend_render", "transfer", "image_write", "total")
+LIVE_WARMUP = 3
+
+
+def time_live_frame(
+    connection: wire.Client, armature: bpy.types.Object, avatar_id: str, size: tuple[int, int], writer: FrameWriter
+) -> dict[str, float]:
+    """Seconds for each part of one frame, timed on one connection (see the module docstring);
+    ``writer`` keeps its float buffer from frame to frame, as live mode's does."""
+    context = bpy.context
+    start = time.perf_counter()
+    inputs = frame_inputs(context.evaluated_depsgraph_get(), armature, *size)
+    arrays = inputs.arrays()
+    posed = time.perf_counter()
+    messages = connection.stream("render", render_params(avatar_id, *size), arrays)  # encoded and sent now
+    sent = time.perf_counter()
+    reply = next(message for message in messages if message.kind == "reply")
+    frame = checked_frame({"rgba": as_numpy(reply.arrays["rgba"])}, size[0], size[1], armature.name)
+    received = time.perf_counter()
+    show_frame(context.scene, [(inputs.depth, frame)], writer)
+    written = time.perf_counter()
+    render = float(reply.result["render_ms"]) / 1e3
+    return {
+        "pose_read": posed - start,
+        "encode_send": sent - posed,
+        "backend_render": render,
+        "transfer": received - sent - render,
+        "image_write": written - received,
+        "total": written - start,
+    }
+
+
+def time_live_mode(worker: BackendClient, size: int) -> float:
+    """Seconds from reading the pose to the image written, through live mode's own path."""
+    context = bpy.context
+    context.scene.neural_avatar.live_size = size
+    tickets = [ticket for ticket in live.submit(context) if ticket is not None]
+    deadline = time.monotonic() + 120.0
+    while not all(ticket.done for ticket in tickets) and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    frames_before = live.stats.frames
+    while live.stats.frames == frames_before and time.monotonic() < deadline:
+        worker.drain()  # what the drain timer does in interactive Blender (every DRAIN_INTERVAL)
+        time.sleep(0.0005)
+    for ticket in tickets:
+        ticket.result()  # raises if the request failed
+    return live.stats.last_latency_ms / 1e3
+
+
+def run_live(backend_python: str, project: str, avatar: str, capture: str, sizes: list[int], repeats: int, state_dir: str) -> dict[str, object]:
+    """Live-mode frame timings against a backend started by the add-on (times in seconds)."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    register()
+    session = backend_process.session()
+    try:
+        python = backend_process.BackendPython(Path(backend_python), Path(project), "bench")
+        print("starting the backend", file=sys.stderr)
+        starting = session.begin_start(python, Path(state_dir))
+        starting.wait(backend_process.START_TIMEOUT)
+        client = starting.result()
+        if bpy.ops.neural_avatar.import_motion(filepath=capture, ground="none", frame_rate="motion") != {"FINISHED"}:
+            raise RuntimeError(f"importing {capture} failed")
+        armature = bpy.context.view_layer.objects.active
+        if bpy.ops.neural_avatar.load_avatar(directory=avatar) != {"FINISHED"}:
+            raise RuntimeError(f"loading {avatar} failed")
+        state = armature.neural_avatar
+        avatar_id = avatar_ids.get(client, state.avatar_path, state.avatar_checkpoint)
+        scene = bpy.context.scene
+        frame_count = scene.frame_end - scene.frame_start + 1
+        result: dict[str, object] = {"avatar": avatar, "summary": state.avatar_summary, "parts": {}, "live_mode": {}, "sizes": {}}
+        info = session.info
+        with wire.Client(info.host, info.port, info.token, timeout=120.0, client_name="bench live") as connection:
+            for longest in sizes:
+                size = preview_size(scene.render, longest)
+                result["sizes"][str(longest)] = list(size)
+                parts: dict[str, list[float]] = {name: [] for name in LIVE_PARTS}
+                writer = FrameWriter(IMAGE_NAME)
+                for index in range(LIVE_WARMUP + repeats):
+                    scene.frame_set(scene.frame_start + index % frame_count)  # a new pose every frame
+                    timing = time_live_frame(connection, armature, avatar_id, size, writer)
+                    if index >= LIVE_WARMUP:
+                        for name in LIVE_PARTS:
+                            parts[name].append(timing[name])
+                result["parts"][str(longest)] = parts
+                print(f"live frame {size[0]}x{size[1]}: {1e3 * sorted(parts['total'])[len(parts['total']) // 2]:.1f} ms", file=sys.stderr)
+        worker = BackendClient(info, background=False, client_name="bench live mode")
+        live.enable(client=worker)
+        try:
+            for longest in sizes:
+                samples = []
+                for index in range(LIVE_WARMUP + repeats):
+                    scene.frame_set(scene.frame_start + index % frame_count)
+                    seconds = time_live_mode(worker, longest)
+                    if index >= LIVE_WARMUP:
+                        samples.append(seconds)
+                result["live_mode"][str(longest)] = samples
+        finally:
+            live.disable()
+            worker.close()
+        if bpy.data.images.get(IMAGE_NAME) is None:
+            raise RuntimeError("no frame reached the Blender image")
+        frames = range(scene.frame_start, scene.frame_end + 1)
+        start = time.perf_counter()
+        sequence_arrays(bpy.context, armature, frames, *preview_size(scene.render, sizes[-1]))
+        result["bake_read"] = {"frames": len(frames), "seconds": time.perf_counter() - start}
+        result["machine"] = machine()
+        return result
+    finally:
+        session.stop()
+        unregister()
+
+
 def run(frames: int, repeats: int, loop_frames: int, image_sizes: list[int]) -> dict[str, object]:
     """Every measurement, as a JSON-ready dict (times in seconds, lists of all runs)."""
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -227,14 +371,7 @@ def run(frames: int, repeats: int, loop_frames: int, image_sizes: list[int]) -> 
             "loop_frames": loop_frames,
             "keyframe_insert": loop,
             "image_write": images,
-            "machine": {
-                "cpu": _cpu_model(),
-                "cores": os.cpu_count(),
-                "platform": platform.platform(),
-                "python": platform.python_version(),
-                "blender": bpy.app.version_string,
-                "numpy": np.__version__,
-            },
+            "machine": machine(),
         }
     finally:
         unregister()
@@ -246,9 +383,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--loop-frames", type=int, default=500, help="frames for the keyframe_insert loop")
     parser.add_argument("--image-sizes", type=int, nargs="+", default=[512, 1024])
+    live_options = parser.add_argument_group("live-mode frame latency")
+    live_options.add_argument("--live", action="store_true", help="time live-mode frames instead of the import")
+    live_options.add_argument("--backend-python", help="the backend's Python (the add-on starts the backend with it)")
+    live_options.add_argument("--project", help="the project folder holding backend/")
+    live_options.add_argument("--avatar", help="trained avatar folder")
+    live_options.add_argument("--capture", help="capture folder to import as the rig (the avatar's)")
+    live_options.add_argument("--live-sizes", type=int, nargs="+", default=[256, 512], help="longer image side of the frames")
+    live_options.add_argument("--state-dir", help="the started backend's state folder")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.repeats < 1 or args.loop_frames < 1:
         parser.error("--frames, --repeats and --loop-frames must be positive")
-    result = run(args.frames, args.repeats, args.loop_frames, args.image_sizes)
+    if args.live:
+        missing = [name for name in ("backend_python", "project", "avatar", "capture", "state_dir") if not getattr(args, name)]
+        if missing:
+            parser.error("--live needs " + ", ".join("--" + name.replace("_", "-") for name in missing))
+        result = run_live(args.backend_python, args.project, args.avatar, args.capture, args.live_sizes, args.repeats, args.state_dir)
+    else:
+        result = run(args.frames, args.repeats, args.loop_frames, args.image_sizes)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0

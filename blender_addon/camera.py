@@ -1,8 +1,12 @@
-"""The capture camera as a Blender camera: OpenCV intrinsics/extrinsics in, lens/shift/pose out.
+"""OpenCV <-> Blender cameras.
 
-The camera object is a child of the avatar root, so it lives in the motion's world like
-the armature (same up-axis conversion and grounding). Sensor fit is HORIZONTAL with a
-36 mm sensor; non-square pixels (fy != fx) become the scene's pixel aspect.
+Import: the capture camera as a Blender camera (OpenCV intrinsics/extrinsics in, lens/shift/pose
+out). The camera object is a child of the avatar root, so it lives in the motion's world like
+the armature (same up-axis conversion and grounding). Sensor fit is HORIZONTAL with a 36 mm
+sensor; non-square pixels (fy != fx) become the scene's pixel aspect.
+
+Rendering: any perspective scene camera back to OpenCV form in a rig's body-model frame
+(:func:`opencv_view`), which is what the backend renders avatars with.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from .motion_math import (
     blender_to_opencv_camera,
     make_quaternions_continuous,
     opencv_to_blender_camera,
+    opencv_world_to_camera,
+    projection_to_intrinsics,
     rigid_transform_from_parts,
     rigid_transform_parts,
 )
@@ -121,3 +127,32 @@ def read_camera(camera: bpy.types.Object, frames: np.ndarray) -> dict[str, np.nd
         "camera_world_to_camera": world_to_camera,
         "image_size": np.array(image_size, np.int32),
     }
+
+
+def opencv_view(
+    camera: bpy.types.Object,
+    depsgraph: bpy.types.Depsgraph,
+    width: int,
+    height: int,
+    body_to_world: np.ndarray,
+    pixel_aspect: tuple[float, float] = (1.0, 1.0),
+) -> tuple[np.ndarray, np.ndarray]:
+    """A Blender camera as OpenCV ``(K (3, 3), world_to_camera (4, 4))`` for a ``width`` x ``height``
+    image, with the rig's body-model frame (``body_to_world``) as the world.
+
+    ``camera`` should be the evaluated object (animated lens, parents and constraints applied).
+    Blender's own ``calc_matrix_camera`` supplies the projection, so sensor fit, shift and
+    pixel aspect (``(pixel_aspect_x, pixel_aspect_y)`` of the render settings) follow Blender's
+    rules exactly. Only perspective cameras are supported.
+    """
+    if camera is None or camera.type != "CAMERA":
+        raise ValueError("the scene has no active camera to render the avatar from")
+    if camera.data.type != "PERSP":
+        raise ValueError(f"camera {camera.name!r} is {camera.data.type.lower()}; the avatar renders through perspective cameras only")
+    projection = camera.calc_matrix_camera(depsgraph, x=int(width), y=int(height), scale_x=pixel_aspect[0], scale_y=pixel_aspect[1])
+    intrinsics = projection_to_intrinsics(np.array(projection, np.float64), width, height)
+    try:
+        world_to_camera = opencv_world_to_camera(np.array(camera.matrix_world, np.float64), body_to_world)
+    except ValueError as error:
+        raise ValueError(f"the avatar's rig cannot be scaled unevenly: {error}") from None
+    return intrinsics, world_to_camera

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -31,8 +32,16 @@ from . import wire
 NOT_RUNNING = "backend not running — start it in the Avatar panel"
 CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 60.0
-# Longer waits for requests that may load or convert body models on first use.
-REQUEST_TIMEOUTS = {"body_template": 300.0, "motion_read": 120.0, "motion_write": 120.0, "info": 120.0}
+# Longer waits for requests that may load or convert body models (or avatars) on first use.
+REQUEST_TIMEOUTS = {
+    "body_template": 300.0,
+    "motion_read": 120.0,
+    "motion_write": 120.0,
+    "info": 120.0,
+    "load_avatar": 300.0,
+    "render": 300.0,
+    "bake": 300.0,
+}
 # What a request does, for "backend stopped while ..." messages.
 REQUEST_ACTIONS = {
     "body_template": "loading the body model",
@@ -40,8 +49,17 @@ REQUEST_ACTIONS = {
     "motion_write": "writing the motion file",
     "info": "describing itself",
     "shutdown": "shutting down",
+    "load_avatar": "loading the avatar",
+    "unload_avatar": "unloading the avatar",
+    "render": "rendering the avatar",
+    "train_start": "starting the training job",
+    "bake": "starting the bake job",
+    "job_status": "reporting on a job",
+    "job_cancel": "cancelling a job",
 }
-DRAIN_INTERVAL = 0.05
+# How often finished requests are handed to the main thread while any are outstanding: this
+# adds up to one interval to every live frame's latency, and costs next to nothing when idle.
+DRAIN_INTERVAL = 0.01
 CANCELLED = "cancelled"
 
 
@@ -80,6 +98,7 @@ class Ticket:
     timeout: float
     on_done: Callable[["Ticket"], None] | None = None
     latest: bool = False
+    latest_key: str = ""  # with ``latest``: only queued tickets of the same kind and key are replaced
     _finished: threading.Event = field(default_factory=threading.Event, repr=False)
     _reply: Reply | None = field(default=None, repr=False)
     _error: BackendError | None = field(default=None, repr=False)
@@ -122,7 +141,8 @@ class RequestQueue:
             if self._closed:
                 raise BackendError(wire.CONNECTION_CLOSED, "the backend connection is closed")
             if ticket.latest:
-                for old in [t for t in self._tickets if t.latest and t.kind == ticket.kind]:
+                replaced = [t for t in self._tickets if t.latest and (t.kind, t.latest_key) == (ticket.kind, ticket.latest_key)]
+                for old in replaced:
                     self._tickets.remove(old)
                     old._finish(error=BackendError(CANCELLED, f"{old.kind!r} was superseded by a newer request"))
             self._tickets.append(ticket)
@@ -182,6 +202,8 @@ class BackendClient:
         self._finished: collections.deque[Ticket] = collections.deque()
         self._worker: threading.Thread | None = None
         self._timer_registered = False
+        # One bound-method object: bpy.app.timers tells timers apart by object identity.
+        self._drain_timer = self.drain
 
     # ---------------------------------------------------------------- public API
 
@@ -214,9 +236,13 @@ class BackendClient:
         *,
         timeout: float | None = None,
         on_done: Callable[[Ticket], None] | None = None,
+        key: str = "",
     ) -> Ticket:
-        """Like :meth:`submit`, but a queued request of the same kind is cancelled in favour of this one."""
-        ticket = Ticket(kind, dict(params or {}), dict(arrays) if arrays else None, self._timeout(kind, timeout), on_done, latest=True)
+        """Like :meth:`submit`, but a queued request of the same kind (and ``key``, e.g. one per
+        avatar) is cancelled in favour of this one. Cancelled tickets never call ``on_done``."""
+        ticket = Ticket(
+            kind, dict(params or {}), dict(arrays) if arrays else None, self._timeout(kind, timeout), on_done, latest=True, latest_key=key
+        )
         return self._submit(ticket)
 
     def call(
@@ -234,7 +260,10 @@ class BackendClient:
         while self._finished:
             ticket = self._finished.popleft()
             if ticket.on_done is not None and not ticket.cancelled:
-                ticket.on_done(ticket)
+                try:
+                    ticket.on_done(ticket)
+                except Exception:  # noqa: BLE001 - a failing callback must not stop the timer that serves the others
+                    traceback.print_exc()
         busy = len(self._queue) or self._current is not None or self._finished
         if busy and not self._closed:
             return DRAIN_INTERVAL
@@ -257,8 +286,8 @@ class BackendClient:
         if self._timer_registered and unregister_timer:
             import bpy
 
-            if bpy.app.timers.is_registered(self.drain):
-                bpy.app.timers.unregister(self.drain)
+            if bpy.app.timers.is_registered(self._drain_timer):
+                bpy.app.timers.unregister(self._drain_timer)
             self._timer_registered = False
 
     # ---------------------------------------------------------------- internals
@@ -289,7 +318,7 @@ class BackendClient:
         if not self._timer_registered:
             import bpy
 
-            bpy.app.timers.register(self.drain, first_interval=DRAIN_INTERVAL, persistent=True)
+            bpy.app.timers.register(self._drain_timer, first_interval=DRAIN_INTERVAL, persistent=True)
             self._timer_registered = True
 
     def _work(self) -> None:

@@ -439,3 +439,57 @@ def rigid_transform_from_parts(translation: np.ndarray, quaternion: np.ndarray) 
     out[..., :3, 3] = translation
     out[..., 3, 3] = 1.0
     return out
+
+
+def projection_to_intrinsics(projection: np.ndarray, width: int, height: int) -> np.ndarray:
+    """OpenCV K (3, 3) in pixels from a Blender camera's OpenGL projection matrix (4, 4).
+
+    ``projection`` is what ``Object.calc_matrix_camera(depsgraph, x=width, y=height, ...)``
+    returns (it applies sensor fit, lens, shift and pixel aspect). Normalised device x maps to
+    continuous image coordinates as u = (x + 1) W / 2; y runs the other way (rows top-first);
+    OpenCV puts pixel centres at integers, hence the -0.5.
+    """
+    p = np.asarray(projection, np.float64)
+    if p.shape != (4, 4):
+        raise ValueError(f"projection must be a 4x4 matrix, got shape {p.shape}")
+    if abs(p[3, 2] + 1.0) > 1e-6 or np.any(np.abs(p[3, [0, 1, 3]]) > 1e-6):
+        raise ValueError("only perspective cameras can be converted (the projection's last row is not [0, 0, -1, 0])")
+    k = np.zeros((3, 3))
+    k[0, 0] = 0.5 * width * p[0, 0]
+    k[1, 1] = 0.5 * height * p[1, 1]
+    k[0, 2] = 0.5 * width * (1.0 - p[0, 2]) - 0.5
+    k[1, 2] = 0.5 * height * (1.0 + p[1, 2]) - 0.5
+    k[2, 2] = 1.0
+    return k
+
+
+def uniform_scale(matrix: np.ndarray, tolerance: float = 1e-4) -> float:
+    """The uniform scale factor of an affine 4x4 transform; ValueError when it shears or scales unevenly."""
+    linear = np.asarray(matrix, np.float64)[:3, :3]
+    scales = np.linalg.norm(linear, axis=0)
+    scale = float(scales.mean())
+    if scale <= 0.0 or np.ptp(scales) > tolerance * scale:
+        raise ValueError(f"the transform scales its axes unevenly ({', '.join(f'{s:.4g}' for s in scales)})")
+    rotation = linear / scale
+    if np.abs(rotation.T @ rotation - np.eye(3)).max() > tolerance or np.linalg.det(rotation) < 0.0:
+        raise ValueError("the transform shears or mirrors its axes")
+    return scale
+
+
+def opencv_world_to_camera(camera_to_world: np.ndarray, body_to_world: np.ndarray) -> np.ndarray:
+    """OpenCV world-to-camera (4, 4) whose "world" is a rig's body-model frame.
+
+    ``camera_to_world``: the Blender camera object's world matrix (looking down -Z, +Y up; its
+    scale is ignored, as Blender ignores it); ``body_to_world``: the armature's world matrix
+    (the body-model frame in Blender's world, e.g. the Y-up to Z-up root and grounding). A
+    uniform scale s on the rig is folded into the translation: (s R x + t) and (R x + t / s)
+    project to the same pixels. Uneven scale cannot be expressed and raises ValueError.
+    """
+    camera = np.asarray(camera_to_world, np.float64).copy()
+    camera[:3, :3] /= np.linalg.norm(camera[:3, :3], axis=0)
+    body = np.asarray(body_to_world, np.float64)
+    scale = uniform_scale(body)
+    world_to_camera = np.diag([1.0, -1.0, -1.0, 1.0]) @ np.linalg.inv(camera) @ body
+    world_to_camera[:3, :3] /= scale
+    world_to_camera[:3, 3] /= scale
+    return world_to_camera

@@ -1,16 +1,28 @@
 """The "Avatar" tab of the 3D View sidebar.
 
-Sections: Backend, Import, Avatar, Render & Live, Retarget (MDA), Bake. Only controls that
-work are shown; sections whose backend requests do not exist yet say so instead of showing
-buttons that do nothing. Drawing never talks to the backend: it shows what the session
-last learnt (status, device, body models from ``info``).
+Sections: Backend, Import, Avatar (bind a trained avatar, train one), Render & Live, Retarget
+(MDA), Bake. Only controls that work are shown; sections whose backend requests do not exist
+yet say so instead of showing buttons that do nothing. Drawing never talks to the backend: it
+shows what the session, live mode and the job monitors last learnt.
 """
 
 from __future__ import annotations
 
 import bpy
 
-from . import backend_process
+from . import backend_process, job_monitor
+from .avatar_operators import (
+    NEURAL_AVATAR_OT_bake,
+    NEURAL_AVATAR_OT_cancel_job,
+    NEURAL_AVATAR_OT_live_mode,
+    NEURAL_AVATAR_OT_load_avatar,
+    NEURAL_AVATAR_OT_render_frame,
+    NEURAL_AVATAR_OT_train,
+    NEURAL_AVATAR_OT_unbind_avatar,
+)
+from .avatar_render import is_bound, output_size, preview_size
+from .engine import ENGINE_ID
+from .live import live
 from .operators import (
     NEURAL_AVATAR_OT_backend_connect,
     NEURAL_AVATAR_OT_backend_show_log,
@@ -136,9 +148,24 @@ class NEURAL_AVATAR_PT_avatar(_AvatarTab, bpy.types.Panel):
             column.label(text=bpy.path.basename(state.source))
         last = state.frame_start + state.frame_count - 1
         column.label(text=f"Frames {state.frame_start}-{last} at {state.motion_fps:.6g} fps, {state.up_axis} up")
-        if state.avatar_id:
-            column.label(text=f"Avatar ID: {state.avatar_id}")
         layout.operator(NEURAL_AVATAR_OT_match_scene_rate.bl_idname, icon="TIME")
+
+        box = layout.box()
+        box.label(text="Trained Avatar", icon="OUTLINER_OB_ARMATURE")
+        if is_bound(avatar.armature):
+            box.label(text=bpy.path.basename(state.avatar_path.rstrip("/\\")) or state.avatar_path)
+            if state.avatar_summary:
+                box.label(text=state.avatar_summary)
+            if state.avatar_id:
+                box.label(text=f"Avatar ID: {state.avatar_id}")
+            row = box.row(align=True)
+            row.operator(NEURAL_AVATAR_OT_load_avatar.bl_idname, icon="FILE_REFRESH", text="Change")
+            row.operator(NEURAL_AVATAR_OT_unbind_avatar.bl_idname, icon="X", text="Unbind")
+        elif state.family == "smplx":
+            box.label(text="Not bound: load a trained avatar folder")
+            box.operator(NEURAL_AVATAR_OT_load_avatar.bl_idname, icon="FILE_FOLDER")
+        else:
+            box.label(text=f"{state.family.upper()} rigs cannot drive a trained avatar")
 
         key = avatar.mesh.data.shape_keys
         if key is not None:
@@ -148,7 +175,78 @@ class NEURAL_AVATAR_PT_avatar(_AvatarTab, bpy.types.Panel):
         layout.operator(NEURAL_AVATAR_OT_remove_avatar.bl_idname, icon="TRASH")
 
 
-class _BackendSection(_AvatarTab):
+def draw_job(layout: bpy.types.UILayout, monitor: job_monitor.JobMonitor, which: str) -> None:
+    """A job's progress bar, losses, message or error, and its Cancel button."""
+    if not monitor.job_id:
+        return
+    layout.progress(factor=monitor.fraction, type="BAR", text=f"{monitor.title}: {monitor.progress_text()}")
+    losses = monitor.losses_text()
+    if losses:
+        layout.label(text=losses)
+    message = monitor.error or monitor.state.get("error") or monitor.state.get("message")
+    if message:
+        layout.label(text=str(message)[:120], icon="ERROR" if monitor.error or monitor.state.get("error") else "INFO")
+    if monitor.running:
+        layout.operator(NEURAL_AVATAR_OT_cancel_job.bl_idname, icon="CANCEL").job = which
+
+
+class NEURAL_AVATAR_PT_train(_AvatarTab, bpy.types.Panel):
+    bl_label = "Train"
+    bl_parent_id = "NEURAL_AVATAR_PT_avatar"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        settings = context.scene.neural_avatar
+        column = layout.column()
+        for name in ("train_capture", "train_output", "train_method", "train_preset", "train_iterations", "train_resolution"):
+            column.prop(settings, name)
+        row = layout.row()
+        row.prop(settings, "train_resume")
+        row.prop(settings, "train_auto_load")
+        monitor = job_monitor.training
+        if not monitor.running:
+            op = layout.operator(NEURAL_AVATAR_OT_train.bl_idname, icon="PLAY")
+            op.capture, op.output = settings.train_capture, settings.train_output
+            op.method, op.preset, op.resume = settings.train_method, settings.train_preset, settings.train_resume
+            op.iterations, op.resolution, op.auto_load = settings.train_iterations, settings.train_resolution, settings.train_auto_load
+        draw_job(layout, monitor, "TRAIN")
+        image = monitor.preview_image
+        if image is not None and monitor.job_id:
+            layout.template_icon(icon_value=image.preview_ensure().icon_id, scale=8.0)
+
+
+class NEURAL_AVATAR_PT_render(_AvatarTab, bpy.types.Panel):
+    bl_label = "Render & Live"
+    bl_parent_id = "NEURAL_AVATAR_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        scene = context.scene
+        settings = scene.neural_avatar
+        width, height = preview_size(scene.render, settings.preview_size)
+        column = layout.column(align=True)
+        column.prop(settings, "preview_size")
+        column.prop(settings, "live_size")
+        column.prop(settings, "show_behind_camera")
+        layout.operator(NEURAL_AVATAR_OT_render_frame.bl_idname, icon="RENDER_STILL", text=f"Render Frame ({width}x{height})")
+        if not bpy.app.background:
+            layout.operator(
+                NEURAL_AVATAR_OT_live_mode.bl_idname, icon="PAUSE" if live.enabled else "PLAY", text="Stop Live" if live.enabled else "Live Mode", depress=live.enabled
+            )
+        if live.enabled:
+            layout.label(text=f"Live: {live.stats.text()}")
+            if live.stats.error:
+                layout.label(text=live.stats.error[:120], icon="ERROR")
+        if scene.render.engine == ENGINE_ID:
+            layout.label(text="F12 / -a render with the Neural Avatar engine", icon="CHECKMARK")
+        else:
+            layout.prop(scene.render, "engine")
+
+
+class NEURAL_AVATAR_PT_retarget(_AvatarTab, bpy.types.Panel):
+    bl_label = "Retarget (MDA)"
     bl_parent_id = "NEURAL_AVATAR_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
 
@@ -156,16 +254,24 @@ class _BackendSection(_AvatarTab):
         self.layout.label(text=NEEDS_BACKEND, icon="INFO")
 
 
-class NEURAL_AVATAR_PT_render(_BackendSection, bpy.types.Panel):
-    bl_label = "Render & Live"
-
-
-class NEURAL_AVATAR_PT_retarget(_BackendSection, bpy.types.Panel):
-    bl_label = "Retarget (MDA)"
-
-
-class NEURAL_AVATAR_PT_bake(_BackendSection, bpy.types.Panel):
+class NEURAL_AVATAR_PT_bake(_AvatarTab, bpy.types.Panel):
     bl_label = "Bake"
+    bl_parent_id = "NEURAL_AVATAR_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context: bpy.types.Context) -> None:
+        layout = self.layout
+        scene = context.scene
+        settings = scene.neural_avatar
+        layout.prop(settings, "bake_directory")
+        layout.prop(settings, "bake_mp4")
+        width, height = output_size(scene.render)
+        layout.label(text=f"Frames {scene.frame_start}-{scene.frame_end} at {width}x{height}")
+        monitor = job_monitor.baking
+        if not monitor.running:
+            op = layout.operator(NEURAL_AVATAR_OT_bake.bl_idname, icon="RENDER_ANIMATION")
+            op.directory, op.mp4 = settings.bake_directory, settings.bake_mp4
+        draw_job(layout, monitor, "BAKE")
 
 
 PANELS = (
@@ -173,6 +279,7 @@ PANELS = (
     NEURAL_AVATAR_PT_backend,
     NEURAL_AVATAR_PT_import,
     NEURAL_AVATAR_PT_avatar,
+    NEURAL_AVATAR_PT_train,
     NEURAL_AVATAR_PT_render,
     NEURAL_AVATAR_PT_retarget,
     NEURAL_AVATAR_PT_bake,

@@ -37,3 +37,19 @@ def test_small_benchmark_runs_and_reports():
 def test_failing_python_gives_a_clear_error():
     with pytest.raises(AvatarError, match="the Blender benchmark failed"):
         importing.measure(frames=5, repeats=1, python=sys.executable, loop_frames=0)
+
+
+def test_live_frame_benchmark_times_every_part_of_a_frame(tiny_trained_avatar):
+    result = importing.measure_live(tiny_trained_avatar, [64, 96], repeats=2)
+    assert result["sizes"] == {"64": [64, 64], "96": [96, 96]}  # the capture is square
+    names = [name for name, _ in importing.LIVE_PART_LABELS]
+    for key, parts in result["parts"].items():
+        assert all(len(parts[name]) == 2 for name in names)
+        assert min(parts["backend_render"]) > 0 and min(parts["pose_read"]) > 0 and min(parts["image_write"]) > 0
+        # The parts add up to the whole frame, pose read to image written.
+        summed = [sum(parts[name][index] for name in names[:-1]) for index in range(2)]
+        assert summed == pytest.approx(parts["total"], abs=1e-9)
+        assert len(result["live_mode"][key]) == 2 and min(result["live_mode"][key]) > 0  # frames that reached the image
+    text = importing.report_live(result)
+    assert result["bake_read"]["frames"] == 32 and result["bake_read"]["seconds"] > 0
+    assert "96x96" in text and "via live mode" in text and "ms per frame" in text and result["machine"]["blender"] in text

@@ -49,6 +49,14 @@ class RecordingLayout:
 
         return Properties()
 
+    def progress(self, factor: float = 0.0, type: str = "BAR", text: str = "") -> None:
+        assert 0.0 <= factor <= 1.0 and type in ("BAR", "RING")
+        self.log.append(("progress", text))
+
+    def template_icon(self, icon_value: int = 0, scale: float = 1.0) -> None:
+        assert isinstance(icon_value, int)
+        self.log.append(("icon", icon_value))
+
     def template_list(self, list_type, list_id, data, prop, active_data, active_prop, **kwargs) -> None:
         assert hasattr(bpy.types, list_type), list_type
         assert prop in data.bl_rna.properties and active_prop in active_data.bl_rna.properties
@@ -80,8 +88,9 @@ def enabled_addon():
 
 
 def test_every_section_is_registered_in_the_avatar_tab():
-    labels = [cls.bl_label for cls in panels.PANELS[1:]]
-    assert labels == ["Backend", "Import", "Avatar", "Render & Live", "Retarget (MDA)", "Bake"]
+    sections = [cls.bl_label for cls in panels.PANELS if getattr(cls, "bl_parent_id", "") == "NEURAL_AVATAR_PT_main"]
+    assert sections == ["Backend", "Import", "Avatar", "Render & Live", "Retarget (MDA)", "Bake"]
+    assert panels.NEURAL_AVATAR_PT_train.bl_parent_id == "NEURAL_AVATAR_PT_avatar"  # training lives in the Avatar section
     assert all(cls.bl_category == "Avatar" and cls.bl_space_type == "VIEW_3D" for cls in panels.PANELS)
     assert all(hasattr(bpy.types, cls.__name__) for cls in panels.CLASSES)
 
@@ -114,7 +123,7 @@ def test_avatar_panel_without_and_with_an_avatar():
     assert ("operator", "neural_avatar.remove_avatar") in log
     assert ("list", "key_blocks") in log
     assert any(kind == "label" and "25 fps" in text for kind, text in log)
-    assert ("label", "Avatar ID: a1") in log
+    assert ("label", "Avatar ID: a1") not in log  # shown once bound to a trained avatar
     key = bpy.data.objects["Panel body"].data.shape_keys
     cases = (
         (key.key_blocks[0], [("label", "Basis")]),
@@ -125,8 +134,51 @@ def test_avatar_panel_without_and_with_an_avatar():
         list_class = panels.NEURAL_AVATAR_UL_shape_keys
         list_class.draw_item(None, bpy.context, RecordingLayout(rows), key, item, 0, None, "", 0)
         assert rows == expected
-    # Sections waiting for the backend show no buttons at all.
-    for section in (panels.NEURAL_AVATAR_PT_render, panels.NEURAL_AVATAR_PT_retarget, panels.NEURAL_AVATAR_PT_bake):
-        assert all(kind == "label" for kind, _ in draw(section, bpy.context))
+    # The retarget section waits for the backend's MDA requests: no buttons at all.
+    assert all(kind == "label" for kind, _ in draw(panels.NEURAL_AVATAR_PT_retarget, bpy.context))
     assert draw(panels.NEURAL_AVATAR_PT_main, bpy.context) == [("label", "1 avatar in this scene")]
     np.testing.assert_equal(bpy.context.scene.render.fps, 25)
+
+
+def test_avatar_panel_binding_and_the_render_train_and_bake_sections():
+    arrays, names = synthetic_template(vertices=200, faces=300, shapes=1, expressions=2, seed=4)  # 55 joints: SMPL-X-like
+    import_motion(bpy.context, arrays, names, synthetic_motion(55, 2, 3), ImportOptions(name="Bindable"))
+    log = draw(panels.NEURAL_AVATAR_PT_avatar, bpy.context)
+    assert ("operator", "neural_avatar.load_avatar") in log and ("operator", "neural_avatar.unbind_avatar") not in log
+    armature = bpy.data.objects["Bindable skeleton"]
+    armature.neural_avatar.avatar_path = "/avatars/dancer"
+    armature.neural_avatar.avatar_summary = "ANR, 600 steps, trained at 128x128"
+    armature.neural_avatar.avatar_id = "avatar-0123"
+    log = draw(panels.NEURAL_AVATAR_PT_avatar, bpy.context)
+    assert ("label", "dancer") in log and ("label", "ANR, 600 steps, trained at 128x128") in log
+    assert ("label", "Avatar ID: avatar-0123") in log
+    assert ("operator", "neural_avatar.unbind_avatar") in log
+
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 1280, 720, 100
+    log = draw(panels.NEURAL_AVATAR_PT_render, bpy.context)
+    assert ("operator", "neural_avatar.render_frame") in log and ("prop", "live_size") in log
+    assert ("operator", "neural_avatar.live_mode") not in log  # live mode is for interactive Blender only
+    assert ("prop", "engine") in log  # offered while another engine is set
+    scene.render.engine = "NEURAL_AVATAR"
+    assert ("label", "F12 / -a render with the Neural Avatar engine") in draw(panels.NEURAL_AVATAR_PT_render, bpy.context)
+
+    log = draw(panels.NEURAL_AVATAR_PT_bake, bpy.context)
+    assert ("operator", "neural_avatar.bake") in log and ("label", f"Frames {scene.frame_start}-{scene.frame_end} at 1280x720") in log
+    log = draw(panels.NEURAL_AVATAR_PT_train, bpy.context)
+    assert ("operator", "neural_avatar.train") in log and ("prop", "train_capture") in log and not any(k == "progress" for k, _ in log)
+
+    from blender_addon import job_monitor
+
+    monitor = job_monitor.training
+    monitor.state = {"id": "train-1", "status": "running", "step": 30, "total": 120, "eta_seconds": 95.0, "losses": {"rgb": 0.0412, "mask": 0.109}}
+    try:
+        log = draw(panels.NEURAL_AVATAR_PT_train, bpy.context)
+        assert ("progress", "Training: 30/120 · ETA 1m 35s") in log and ("label", "rgb 0.0412  mask 0.109") in log
+        assert ("operator", "neural_avatar.cancel_job") in log and ("operator", "neural_avatar.train") not in log
+        monitor.state = {**monitor.state, "status": "failed", "error": "capture has no masks"}
+        log = draw(panels.NEURAL_AVATAR_PT_train, bpy.context)
+        assert ("progress", "Training: 30/120 · failed") in log and ("label", "capture has no masks") in log
+        assert ("operator", "neural_avatar.cancel_job") not in log
+    finally:
+        monitor.state = {}

@@ -1,9 +1,12 @@
-"""``python -m backend bench import``: motion import and image-write speed inside Blender.
+"""``python -m backend bench import``: motion import and image-write speed inside Blender, and the
+end-to-end latency of one live-mode frame (pose read -> backend render -> image in Blender).
 
 The backend never imports bpy, so the measurements run in a subprocess: a Python that has
 the bpy module (this interpreter when it has one, else ``--python``) or a Blender
 executable (run with ``-b --python-expr``). The Blender side is
-``blender_addon.bench_import``; this module starts it and prints the table.
+``blender_addon.bench_import``; this module starts it and prints the tables. For the live
+frames the add-on starts a backend with this interpreter and drives the avatar given with
+``--avatar DIR`` (default: one trained for a step on the sample capture).
 """
 
 from __future__ import annotations
@@ -110,8 +113,95 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(frames: int = 10000, repeats: int = 20, python: str | None = None) -> None:
-    """Measure and print (``python -m backend bench import``)."""
+def run(
+    frames: int = 10000,
+    repeats: int = 20,
+    python: str | None = None,
+    avatar: Path | None = None,
+    live_sizes: list[int] | None = None,
+) -> None:
+    """Measure and print (``python -m backend bench import``): the import table, then the live-frame one."""
     if frames < 1 or repeats < 1:
         raise AvatarError(f"frames and repeats must be positive, got {frames} and {repeats}")
     print(report(measure(frames, repeats, python)))
+    print()
+    print(report_live(measure_live(avatar, list(live_sizes or LIVE_SIZES), repeats, python)))
+
+
+# ---------------------------------------------------------------- live-mode frame latency
+
+LIVE_SIZES = (256, 512)
+LIVE_PART_LABELS = (
+    ("pose_read", "pose read"),
+    ("encode_send", "encode+send"),
+    ("backend_render", "backend render"),
+    ("transfer", "transfer"),
+    ("image_write", "image write"),
+    ("total", "total"),
+)
+
+
+def live_avatar(avatar: Path | None, temp: Path) -> tuple[Path, Path]:
+    """(avatar folder, the capture it was trained on) - a one-step avatar on the bench's sample
+    capture when none is given (the render cost does not depend on the weights)."""
+    from backend.avatar.folder import read_record
+
+    if avatar is None:
+        from backend.bench.render import _bench_avatar
+
+        print("training a one-step avatar on the sample capture (the render cost does not depend on the weights)", file=sys.stderr)
+        avatar = _bench_avatar("anr", temp)
+    capture = Path(read_record(avatar).capture.path)
+    if not (capture / "tracking.npz").is_file():
+        raise AvatarError(f"{avatar}: its capture {capture} is gone; the live bench imports that capture's motion and camera as the rig")
+    return avatar, capture
+
+
+def measure_live(avatar: Path | None, sizes: list[int], repeats: int, python: str | None = None) -> dict:
+    """Run the Blender-side live-frame benchmark (it starts its own backend) and return its raw results."""
+    import tempfile
+
+    executable = find_blender_python(python)
+    with tempfile.TemporaryDirectory(prefix="neural-avatar-bench-live-") as temp:
+        avatar_dir, capture = live_avatar(avatar, Path(temp))
+        arguments = [
+            "--live", "--backend-python", sys.executable, "--project", str(REPOSITORY), "--avatar", str(avatar_dir),
+            "--capture", str(capture), "--state-dir", str(Path(temp) / "state"), "--repeats", str(repeats),
+            "--live-sizes", *[str(size) for size in sizes],
+        ]  # fmt: skip
+        completed = subprocess.run(bench_command(executable, arguments), cwd=REPOSITORY, capture_output=True, text=True, check=False)
+    lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if completed.returncode != 0 or not lines:
+        tail = "\n".join((completed.stderr or completed.stdout).strip().splitlines()[-15:])
+        raise AvatarError(f"{executable}: the live-frame benchmark failed (exit code {completed.returncode}):\n{tail}")
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+
+
+def report_live(result: dict) -> str:
+    """The live-frame table printed by ``run``."""
+    machine = result["machine"]
+    header = f"{'frame':>9} " + " ".join(f"{label:>14}" for _, label in LIVE_PART_LABELS) + f" {'transport':>10} {'via live mode':>14}"
+    lines = [
+        f"live-mode frame: pose read -> backend render -> image in Blender (median ms; {result['summary']}, on the CPU)",
+        f"machine: {machine['cpu']}, {machine['cores']} cores, Blender {machine['blender']}",
+        header,
+        "-" * len(header),
+    ]
+    for key, parts in result["parts"].items():
+        width, height = result["sizes"][key]
+        cells = " ".join(f"{1000.0 * statistics.median(parts[name]):14.2f}" for name, _ in LIVE_PART_LABELS)
+        transport = 1000.0 * statistics.median([a + b for a, b in zip(parts["encode_send"], parts["transfer"])])
+        via_live = 1000.0 * statistics.median(result["live_mode"][key])
+        lines.append(f"{width:>4}x{height:<4} {cells} {transport:10.2f} {via_live:14.2f}")
+    bake = result["bake_read"]
+    lines += [
+        f"bake: reading {bake['frames']} frames for the request (frame_set + pose + camera): "
+        f"{1000.0 * bake['seconds'] / bake['frames']:.2f} ms per frame",
+        "(transfer = waiting for the reply minus the backend's render_ms: request decoding and reply encoding",
+        " in the server, loopback TCP, receiving. The server starts rendering as soon as the request arrives,",
+        " which on a busy machine can overlap the end of the send, so transfer may come out slightly negative;",
+        " transport = encode+send + transfer, the whole cost of going through the socket. via live mode = the",
+        " same frame through the worker thread, submit_latest and the drain, drained here as soon as it",
+        " arrives - interactive Blender's drain timer adds up to DRAIN_INTERVAL = 10 ms on top)",
+    ]
+    return "\n".join(lines)
