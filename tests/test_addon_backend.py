@@ -37,6 +37,8 @@ from backend.capture import CameraTrack, FaceVerseTrack, SmplxMotion, Tracking, 
 from backend.capture.motion import SMPLX_POSE_PARTS  # noqa: E402
 from test_addon_panels import draw  # noqa: E402
 
+from blender_support import scene_counts  # noqa: E402
+
 pytestmark = pytest.mark.blender
 
 ADDON = "blender_addon"
@@ -77,18 +79,6 @@ def backend(addon):
     return session
 
 
-def scene_counts() -> dict[str, object]:
-    scene = bpy.context.scene
-    return {
-        "objects": len(bpy.data.objects),
-        "meshes": len(bpy.data.meshes),
-        "armatures": len(bpy.data.armatures),
-        "actions": len(bpy.data.actions),
-        "cameras": len(bpy.data.cameras),
-        "shape_keys": len(bpy.data.shape_keys),
-        "fps": (scene.render.fps, scene.render.fps_base),
-        "range": (scene.frame_start, scene.frame_end),
-    }
 
 
 def pid_alive(pid: int) -> bool:

@@ -15,19 +15,14 @@ from blender_addon.bench_import import synthetic_motion, synthetic_template  # n
 from blender_addon.importing import ImportOptions, export_motion, import_motion  # noqa: E402
 from blender_addon.rig import find_avatar  # noqa: E402
 
+from blender_support import registered_addon  # noqa: E402,F401 - module fixture
+
 pytestmark = pytest.mark.blender
 
 HEIGHT, WIDTH = 720, 540
 FRAMES = 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def blender():
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    blender_addon.register()
-    yield
-    blender_addon.unregister()
-    bpy.ops.wm.read_factory_settings(use_empty=True)
 
 
 @pytest.fixture(scope="module")

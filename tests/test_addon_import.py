@@ -17,19 +17,14 @@ from blender_addon.importing import ImportOptions, export_motion, import_motion 
 from blender_addon.motion_data import POSE_LAYOUTS, AvatarDataError  # noqa: E402
 from blender_addon.rig import find_avatar, remove_avatar  # noqa: E402
 
+from blender_support import registered_addon, scene_counts  # noqa: E402,F401 - module fixture
+
 pytestmark = pytest.mark.blender
 
 JOINT_NAMES = tuple(smplx_names.JOINT_NAMES[:55])
 FRAMES = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def blender():
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    blender_addon.register()
-    yield
-    blender_addon.unregister()
-    bpy.ops.wm.read_factory_settings(use_empty=True)
 
 
 @pytest.fixture()
@@ -91,19 +86,6 @@ def full_pose(motion) -> np.ndarray:
     return np.concatenate([motion[name] for name, _ in POSE_LAYOUTS["smplx"]], axis=1).reshape(-1, 55, 3)
 
 
-def scene_counts() -> dict[str, int]:
-    scene = bpy.context.scene
-    return {
-        "objects": len(bpy.data.objects),
-        "meshes": len(bpy.data.meshes),
-        "armatures": len(bpy.data.armatures),
-        "actions": len(bpy.data.actions),
-        "cameras": len(bpy.data.cameras),
-        "shape_keys": len(bpy.data.shape_keys),
-        "fps": (scene.render.fps, scene.render.fps_base),
-        "range": (scene.frame_start, scene.frame_end),
-        "active": bpy.context.view_layer.objects.active,
-    }
 
 
 # --- registration ------------------------------------------------------------------------

@@ -24,19 +24,14 @@ from blender_addon.motion_data import POSE_LAYOUTS  # noqa: E402
 from blender_addon.pose_reading import RigError, rig_pose  # noqa: E402
 from blender_addon.rig import find_avatar  # noqa: E402
 
+from blender_support import registered_addon  # noqa: E402,F401 - module fixture
+
 pytestmark = pytest.mark.blender
 
 FRAMES = 6
 EXPRESSIONS = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def blender():
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    blender_addon.register()
-    yield
-    blender_addon.unregister()
-    bpy.ops.wm.read_factory_settings(use_empty=True)
 
 
 @pytest.fixture(scope="module")
