@@ -264,7 +264,8 @@ def test_capture_data_resolution_and_alignment(tiny_capture, body):
     again = uncached.batch([0, 5])
     assert torch.equal(again.images, batch.images)
     assert torch.allclose(again.maps.normals, batch.maps.normals, atol=2e-3)  # float16 cache
-    assert torch.equal(again.maps.uv, batch.maps.uv)
+    # float32 UVs: equal up to summation order of the batched interpolation
+    assert torch.allclose(again.maps.uv, batch.maps.uv, rtol=0, atol=1e-6)
 
 
 def test_capture_data_memory_estimate_and_cancelled_preparation(tiny_capture, body):
