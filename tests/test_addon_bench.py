@@ -31,6 +31,7 @@ def test_small_benchmark_runs_and_reports():
     assert set(result["image_write"]) == {f"{n} {t}" for n in (512, 1024) for t in ("uint8", "float16", "float32")}
     text = importing.report(result)
     assert "extrapolated linearly to 30 frames" in text and "512x512 uint8" in text
+    assert "extrapolated" not in importing.report({**result, "loop_frames": 30})  # a measured whole loop
     assert result["machine"]["blender"] in text
 
 
