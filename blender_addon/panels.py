@@ -1,9 +1,8 @@
 """The "Avatar" tab of the 3D View sidebar.
 
-Sections: Backend, Import, Avatar (bind a trained avatar, train one), Render & Live, Retarget
-(MDA), Bake. Only controls that work are shown; sections whose backend requests do not exist
-yet say so instead of showing buttons that do nothing. Drawing never talks to the backend: it
-shows what the session, live mode and the job monitors last learnt.
+Sections: Backend, Import, Avatar (bind a trained avatar, train one), Render & Live, Bake. A
+Retarget (MDA) section joins them when the backend has motion distribution alignment. Drawing
+never talks to the backend: it shows what the session, live mode and the job monitors last learnt.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from .preferences import ADDON_PACKAGE, CONNECTION_ITEMS, MODEL_FAMILIES, addon_
 from .rig import find_avatar
 
 CATEGORY = "Avatar"
-NEEDS_BACKEND = "Available once the backend supports it"
 
 
 class NEURAL_AVATAR_UL_shape_keys(bpy.types.UIList):
@@ -245,15 +243,6 @@ class NEURAL_AVATAR_PT_render(_AvatarTab, bpy.types.Panel):
             layout.prop(scene.render, "engine")
 
 
-class NEURAL_AVATAR_PT_retarget(_AvatarTab, bpy.types.Panel):
-    bl_label = "Retarget (MDA)"
-    bl_parent_id = "NEURAL_AVATAR_PT_main"
-    bl_options = {"DEFAULT_CLOSED"}
-
-    def draw(self, context: bpy.types.Context) -> None:
-        self.layout.label(text=NEEDS_BACKEND, icon="INFO")
-
-
 class NEURAL_AVATAR_PT_bake(_AvatarTab, bpy.types.Panel):
     bl_label = "Bake"
     bl_parent_id = "NEURAL_AVATAR_PT_main"
@@ -281,7 +270,6 @@ PANELS = (
     NEURAL_AVATAR_PT_avatar,
     NEURAL_AVATAR_PT_train,
     NEURAL_AVATAR_PT_render,
-    NEURAL_AVATAR_PT_retarget,
     NEURAL_AVATAR_PT_bake,
 )
 CLASSES = (NEURAL_AVATAR_UL_shape_keys, *PANELS)

@@ -89,7 +89,7 @@ def enabled_addon():
 
 def test_every_section_is_registered_in_the_avatar_tab():
     sections = [cls.bl_label for cls in panels.PANELS if getattr(cls, "bl_parent_id", "") == "NEURAL_AVATAR_PT_main"]
-    assert sections == ["Backend", "Import", "Avatar", "Render & Live", "Retarget (MDA)", "Bake"]
+    assert sections == ["Backend", "Import", "Avatar", "Render & Live", "Bake"]
     assert panels.NEURAL_AVATAR_PT_train.bl_parent_id == "NEURAL_AVATAR_PT_avatar"  # training lives in the Avatar section
     assert all(cls.bl_category == "Avatar" and cls.bl_space_type == "VIEW_3D" for cls in panels.PANELS)
     assert all(hasattr(bpy.types, cls.__name__) for cls in panels.CLASSES)
@@ -134,8 +134,6 @@ def test_avatar_panel_without_and_with_an_avatar():
         list_class = panels.NEURAL_AVATAR_UL_shape_keys
         list_class.draw_item(None, bpy.context, RecordingLayout(rows), key, item, 0, None, "", 0)
         assert rows == expected
-    # The retarget section waits for the backend's MDA requests: no buttons at all.
-    assert all(kind == "label" for kind, _ in draw(panels.NEURAL_AVATAR_PT_retarget, bpy.context))
     assert draw(panels.NEURAL_AVATAR_PT_main, bpy.context) == [("label", "1 avatar in this scene")]
     np.testing.assert_equal(bpy.context.scene.render.fps, 25)
 
