@@ -168,9 +168,12 @@ def _finite_float(text: str) -> float:
 
 
 def dump_header(header: Mapping[str, Any]) -> bytes:
-    """JSON-encode a header; NaN and infinities are refused (``ValueError``)."""
-    return json.dumps(header, allow_nan=False, ensure_ascii=False, separators=(",", ":"), default=_json_default).encode(
-        "utf-8"
+    """JSON-encode a header; NaN and infinities are refused (``ValueError``).
+
+    ASCII output (non-ASCII as escapes) encodes every Python string, lone surrogates from a
+    peer's escapes included, so an error reply quoting bad input can always be sent."""
+    return json.dumps(header, allow_nan=False, ensure_ascii=True, separators=(",", ":"), default=_json_default).encode(
+        "ascii"
     )
 
 
@@ -264,9 +267,12 @@ def _unpack_arrays(header: dict[str, Any], payload: memoryview) -> dict[str, Wir
         if (
             not isinstance(shape, list)
             or len(shape) > MAX_DIMS
-            or not all(type(n) is int and n >= 0 for n in shape)
+            or not all(type(n) is int and 0 <= n <= MAX_PAYLOAD_BYTES for n in shape)
         ):
-            raise ProtocolError(BAD_HEADER, f"{where} ({name}): shape must be a list of at most {MAX_DIMS} non-negative ints")
+            # Bounded sizes: an empty array must not claim a dimension no allocator can reshape to.
+            raise ProtocolError(
+                BAD_HEADER, f"{where} ({name}): shape must be a list of at most {MAX_DIMS} ints in 0..{MAX_PAYLOAD_BYTES}"
+            )
         if type(offset) is not int or type(nbytes) is not int or offset < 0 or nbytes < 0:
             raise ProtocolError(BAD_HEADER, f"{where} ({name}): offset and nbytes must be non-negative ints")
         expected = math.prod(shape) * DTYPE_ITEMSIZE[dtype]

@@ -36,7 +36,9 @@ from backend.progress import (
     parse_event,
 )
 from backend.server import registry
-from backend.server.listener import BindError, Listener, check_bind_address
+from backend.server.connection import _Deadline
+from backend.server.handlers.bodies import BodyModelCache
+from backend.server.listener import MAX_PENDING, BindError, Listener, check_bind_address
 from backend.train.checkpoint import load_checkpoint
 from tests.conftest import REPOSITORY_ROOT, server_environment
 from backend.server.schema import (
@@ -169,6 +171,16 @@ def test_a_second_server_on_the_same_state_folder_is_refused(server, tmp_path, r
     assert server.info().pid == server.process.pid  # its connection file was left alone
 
 
+def test_unusable_state_folder_or_log_file_is_a_clear_error(tmp_path, run_backend):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    result = run_backend("serve", "--state-dir", str(not_a_folder))
+    assert result.returncode == 2 and f"cannot use state folder {not_a_folder}" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_backend("serve", "--state-dir", str(tmp_path / "state"), "--log-file", str(not_a_folder / "server.log"))
+    assert result.returncode == 2 and f"cannot write the log file {not_a_folder / 'server.log'}" in result.stderr
+
+
 # ------------------------------------------------------------------ authentication
 
 
@@ -208,6 +220,58 @@ def test_unauthenticated_peers_cannot_send_big_frames(server):
     sock = connect_raw(server)
     sock.sendall(wire.PREFIX.pack(wire.MAGIC, wire.PROTOCOL_VERSION, 0, wire.AUTH_MAX_HEADER_BYTES + 1, 0))
     expect_error_and_close(sock, wire.TOO_LARGE)
+
+
+def test_peers_that_never_say_hello_cannot_keep_clients_out(server):
+    silent = []
+    for _ in range(MAX_PENDING + 4):  # a full pending pool, and more: the oldest are dropped
+        sock = connect_raw(server)
+        sock.sendall(wire.MAGIC)  # the start of a prefix, then nothing
+        silent.append(sock)
+    with server.client() as client:  # a client with the token still gets in at once
+        assert client.request("ping").kind == "reply"
+    dropped = 0
+    for sock in silent[:4]:
+        sock.settimeout(5)
+        dropped += sock.recv(1) == b""
+        sock.close()
+    assert dropped == 4
+    for sock in silent[4:]:
+        sock.close()
+    assert_still_serving(server)
+
+
+def test_authentication_has_a_total_deadline_not_one_per_read():
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        peer = socket.create_connection(listening.getsockname())
+        ours, _ = listening.accept()
+    stop = threading.Event()
+
+    def drip() -> None:  # a byte now and then: no single read times out
+        while not stop.is_set():
+            try:
+                peer.send(b"x")
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    dripping = threading.Thread(target=drip, daemon=True)
+    dripping.start()
+    deadline = _Deadline(ours, 0.3)
+    started = time.monotonic()
+    ours.settimeout(0.25)
+    received = b""
+    while chunk := ours.recv(1):
+        received += chunk
+    assert 0.25 < time.monotonic() - started < 3 and received
+    assert deadline.disarm()  # it fired; the write side still works for the error reply
+    ours.sendall(b"bye")
+    assert peer.recv(3) == b"bye"
+    assert not _Deadline(ours, 0.2).disarm()
+    stop.set()
+    dripping.join()
+    ours.close()
+    peer.close()
 
 
 def test_version_mismatch_is_named_on_both_sides(server):
@@ -294,6 +358,32 @@ def test_unknown_requests_and_bad_params_get_structured_errors(server):
         assert client.request("ping").kind == "reply"
 
 
+def test_replies_quoting_odd_input_and_oversize_replies_are_sent_as_errors(server):
+    sock = authenticated_raw(server)
+    for header, text in (
+        (b'{"kind":"request","id":"\\ud800","type":"info","params":{"x":1}}', "unknown key(s) 'x'"),
+        (b'{"kind":"request","id":2,"type":"load_avatar","params":{"path":"/tmp/\\ud800"}}', "params.path"),
+    ):
+        sock.sendall(wire.PREFIX.pack(wire.MAGIC, wire.PROTOCOL_VERSION, 0, len(header), 0) + header)
+        reply = wire.recv_message(sock)
+        assert reply.header["code"] == wire.BAD_REQUEST and text in reply.header["message"], reply.header
+    sock.close()
+    with server.client() as client:
+        many = {f"key{i:06d}" + "\u0085" * 20: 1 for i in range(2000)}
+        with pytest.raises(wire.RemoteError, match="and 1992 more") as caught:
+            client.request("info", many)
+        assert len(caught.value.message) < 2000
+        for path, text in (("~nosuchuser/avatar", "is not a usable path"), ("/tmp/" + "a" * 300, "is not a usable path")):
+            with pytest.raises(wire.RemoteError, match=text) as caught:
+                client.request("load_avatar", {"path": path})
+            assert caught.value.code == wire.BAD_REQUEST
+        with pytest.raises(wire.RemoteError) as caught:  # 256 MiB of pixels + the echo: over the frame limit
+            client.request("ping", {"width": 4096, "height": 4096, "dtype": "float32"}, {"x": np.zeros(1, np.uint8)})
+        assert caught.value.code == wire.TOO_LARGE and "'ping'" in caught.value.message
+        assert client.request("ping").kind == "reply"
+    assert "Exception in thread" not in server.output.read_text(errors="replace")
+
+
 def test_params_must_be_an_object_and_ids_well_formed(server):
     sock = authenticated_raw(server)
     wire.send_message(sock, {"kind": "request", "id": 5, "type": "ping", "params": [1, 2]})
@@ -314,6 +404,16 @@ def test_nan_and_infinity_in_a_header_close_the_connection(server):
         sock = authenticated_raw(server)
         sock.sendall(wire.PREFIX.pack(wire.MAGIC, wire.PROTOCOL_VERSION, 0, len(text), 0) + text)
         assert "not valid UTF-8 JSON" in expect_error_and_close(sock, wire.BAD_HEADER)
+    assert_still_serving(server)
+
+
+def test_empty_arrays_cannot_claim_huge_dimensions(server):
+    sock = authenticated_raw(server)
+    header = wire.dump_header(
+        {"kind": "request", "id": 1, "type": "ping", "arrays": [{"name": "x", "dtype": "float32", "shape": [0, 2**63], "offset": 0, "nbytes": 0}]}
+    )
+    sock.sendall(wire.PREFIX.pack(wire.MAGIC, wire.PROTOCOL_VERSION, 0, len(header), 0) + header)
+    assert "shape must be a list" in expect_error_and_close(sock, wire.BAD_HEADER)
     assert_still_serving(server)
 
 
@@ -723,6 +823,21 @@ def test_shutdown_request_stops_the_server(fresh_server):
 
 def wire_array(value: np.ndarray) -> wire.WireArray:
     return wire.pack_array("x", np.ascontiguousarray(value))
+
+
+def test_body_model_cache_keeps_the_most_recently_used():
+    cache = BodyModelCache(capacity=2)
+    loads = []
+
+    def loader(name):
+        return lambda: loads.append(name) or name
+
+    assert cache.get(("a",), loader("a")) == "a" and cache.get(("b",), loader("b")) == "b"
+    assert cache.get(("a",), loader("a2")) == "a"  # a hit, and now the most recent
+    cache.get(("c",), loader("c"))  # evicts b
+    assert len(cache) == 2 and loads == ["a", "b", "c"]
+    assert cache.get(("a",), loader("a3")) == "a" and cache.get(("b",), loader("b2")) == "b2"
+    assert loads == ["a", "b", "c", "b2"]
 
 
 def test_schema_cleans_and_names_bad_values(tmp_path):

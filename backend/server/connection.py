@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
+import time
 import traceback
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from blender_addon import wire
 from backend.errors import AvatarError
@@ -24,16 +26,52 @@ from backend.server.schema import validate_arrays, validate_params
 log = logging.getLogger("backend.server")
 
 MAX_ID_LENGTH = 64
+MAX_ERROR_MESSAGE = 4000
 LINGER_SECONDS = 0.5
 LINGER_BYTES = 1 << 20
 
 
+class _Deadline:
+    """Ends the read side of a socket when time is up, unless :meth:`disarm` came first.
+
+    A timeout per ``recv`` is not enough: a peer sending a byte now and then would never hit it."""
+
+    def __init__(self, sock: socket.socket, seconds: float):
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._disarmed = False
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._disarmed:
+                return
+            self.expired = True
+            try:
+                self._sock.shutdown(socket.SHUT_RD)  # wakes the blocked recv with end-of-stream
+            except OSError:
+                pass
+
+    def disarm(self) -> bool:
+        """Stop the timer; True when it had already fired."""
+        self._timer.cancel()
+        with self._lock:
+            self._disarmed = True
+            return self.expired
+
+
 class Connection:
-    def __init__(self, sock: socket.socket, peer: str, server: ServerContext, token: str):
+    def __init__(
+        self, sock: socket.socket, peer: str, server: ServerContext, token: str, admit: Callable[[], None] = lambda: None
+    ):
         self.sock = sock
         self.peer = peer
         self.server = server
         self.token = token
+        self.admit = admit  # raises wire.ProtocolError when the listener has no room for another client
 
     # -------------------------------------------------------------- sending
 
@@ -44,6 +82,8 @@ class Connection:
             raise ClientGone(f"{self.peer}: {error}") from None
 
     def _send_error(self, request_id: Any, code: str, message: str) -> None:
+        if len(message) > MAX_ERROR_MESSAGE:
+            message = message[: MAX_ERROR_MESSAGE - 3] + "..."
         self._send(wire.error_header(request_id, code, message))
 
     # -------------------------------------------------------------- loop
@@ -54,6 +94,8 @@ class Connection:
                 self._serve_requests()
         except ClientGone as gone:
             log.info("client %s went away: %s", self.peer, gone)
+        except Exception:  # noqa: BLE001 - say why in the log, not on stderr, and close cleanly
+            log.exception("connection with %s failed", self.peer)
         finally:
             self._close()
 
@@ -62,9 +104,10 @@ class Connection:
         closing with unread input does not turn into a reset that could destroy our error reply."""
         try:
             self.sock.shutdown(socket.SHUT_WR)
-            self.sock.settimeout(LINGER_SECONDS)
+            end = time.monotonic() + LINGER_SECONDS
             discarded = 0
-            while discarded < LINGER_BYTES:
+            while discarded < LINGER_BYTES and time.monotonic() < end:
+                self.sock.settimeout(max(end - time.monotonic(), 0.001))
                 chunk = self.sock.recv(65536)
                 if not chunk:
                     break
@@ -75,20 +118,25 @@ class Connection:
             self.sock.close()
 
     def _authenticate(self) -> bool:
-        self.sock.settimeout(AUTH_TIMEOUT_SECONDS)
+        self.sock.settimeout(AUTH_TIMEOUT_SECONDS)  # also per recv, where shutting down reads does not wake one
+        deadline = _Deadline(self.sock, AUTH_TIMEOUT_SECONDS)
         try:
             first = wire.recv_message(self.sock, max_header=wire.AUTH_MAX_HEADER_BYTES, max_payload=0)
+            if deadline.disarm():
+                raise TimeoutError
             check_hello(first, self.token)
-        except wire.ProtocolError as error:
+            self.admit()
+        except (TimeoutError, wire.ProtocolError) as error:
+            if deadline.disarm() or isinstance(error, TimeoutError):
+                log.warning("rejected connection from %s: no hello within %.0f s", self.peer, AUTH_TIMEOUT_SECONDS)
+                self._send_error(None, wire.AUTH_REQUIRED, f"no hello within {AUTH_TIMEOUT_SECONDS:.0f} s")
+                return False
             log.warning("rejected connection from %s: %s", self.peer, error)
             if error.code != wire.CONNECTION_CLOSED:
                 self._send_error(None, error.code, error.message)
             return False
-        except TimeoutError:
-            log.warning("rejected connection from %s: no hello within %.0f s", self.peer, AUTH_TIMEOUT_SECONDS)
-            self._send_error(None, wire.AUTH_REQUIRED, f"no hello within {AUTH_TIMEOUT_SECONDS:.0f} s")
-            return False
         except OSError as error:
+            deadline.disarm()
             log.info("connection from %s failed before hello: %s", self.peer, error)
             return False
         self.sock.settimeout(None)  # authenticated clients may idle; we block, never poll
@@ -144,6 +192,10 @@ class Connection:
             buffers = wire.encode(wire.reply_header(request_id, result.data), result.arrays)
         except ClientGone:
             raise
+        except wire.ProtocolError as error:  # e.g. a reply over the frame limits
+            log.warning("%s %r from %s: %s", request_type, request_id, self.peer, error)
+            self._send_error(request_id, error.code, f"{request_type!r}: {error.message}")
+            return
         except AvatarError as error:
             log.info("%s %r from %s failed: %s", request_type, request_id, self.peer, error)
             self._send_error(request_id, error.code, str(error))

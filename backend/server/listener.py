@@ -1,5 +1,8 @@
-"""The listening socket: loopback-only binding, accepting, one thread per client, a client cap.
+"""The listening socket: loopback-only binding, accepting, one thread per client, client caps.
 
+Connections wait in a small "pending" pool until they authenticate; when it is full the
+oldest pending connection is dropped for the new one, so peers that connect and never say
+hello cannot keep clients with the token out. Authenticated connections have their own cap.
 The accept loop blocks in ``select`` on the listening socket and a wake-up socket pair,
 so an idle server uses no CPU and ``stop()`` (from a signal handler or a request) is instant.
 """
@@ -19,7 +22,8 @@ from backend.errors import AvatarError
 log = logging.getLogger("backend.server")
 
 LOOPBACK = "127.0.0.1"
-MAX_CLIENTS = 32
+MAX_CLIENTS = 32  # authenticated connections
+MAX_PENDING = 16  # connections still to say hello
 
 
 class BindError(AvatarError):
@@ -42,10 +46,24 @@ def check_bind_address(host: str, allow_remote: bool) -> str:
     return str(address)
 
 
-class Listener:
-    """Accepts connections and runs ``on_connection(sock, peer)`` in a thread per client."""
+OnConnection = Callable[[socket.socket, str, Callable[[], None]], None]
 
-    def __init__(self, host: str = LOOPBACK, port: int = 0, *, allow_remote: bool = False, max_clients: int = MAX_CLIENTS):
+
+class Listener:
+    """Accepts connections and runs ``on_connection(sock, peer, admit)`` in a thread per client.
+
+    The connection calls ``admit()`` once the peer has authenticated; it raises
+    ``wire.ProtocolError`` (busy) when the connection may not continue."""
+
+    def __init__(
+        self,
+        host: str = LOOPBACK,
+        port: int = 0,
+        *,
+        allow_remote: bool = False,
+        max_clients: int = MAX_CLIENTS,
+        max_pending: int = MAX_PENDING,
+    ):
         host = check_bind_address(host, allow_remote)
         if not 0 <= port < 65536:
             raise BindError(f"port {port} is out of range 0..65535")
@@ -64,16 +82,20 @@ class Listener:
         self.host = host
         self.port = self._sock.getsockname()[1]
         self.max_clients = max_clients
+        self.max_pending = max_pending
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_writer.setblocking(False)
         self._stopping = threading.Event()
         self._lock = threading.Lock()
-        self._clients: dict[socket.socket, threading.Thread] = {}
+        self._threads: dict[socket.socket, threading.Thread] = {}
+        self._pending: dict[socket.socket, None] = {}  # insertion order = age
+        self._authenticated: set[socket.socket] = set()
 
     @property
     def client_count(self) -> int:
+        """Connections open now, authenticated or not."""
         with self._lock:
-            return len(self._clients)
+            return len(self._threads)
 
     def stop(self) -> None:
         """Make ``serve_forever`` return (safe from signal handlers and other threads)."""
@@ -83,14 +105,14 @@ class Listener:
         except OSError:  # already woken (buffer full) or closed
             pass
 
-    def serve_forever(self, on_connection: Callable[[socket.socket, str], None]) -> None:
+    def serve_forever(self, on_connection: OnConnection) -> None:
         """Accept until :meth:`stop`; then stop listening (clients stay connected until :meth:`close`)."""
         try:
             self._accept_until_stopped(on_connection)
         finally:
             self._sock.close()
 
-    def _accept_until_stopped(self, on_connection: Callable[[socket.socket, str], None]) -> None:
+    def _accept_until_stopped(self, on_connection: OnConnection) -> None:
         while not self._stopping.is_set():
             readable, _, _ = select.select([self._sock, self._wake_reader], [], [])
             if self._wake_reader in readable or self._stopping.is_set():
@@ -102,39 +124,49 @@ class Listener:
                 continue
             self._start_client(client, f"{address[0]}:{address[1]}", on_connection)
 
-    def _start_client(self, client: socket.socket, peer: str, on_connection: Callable[[socket.socket, str], None]) -> None:
+    def _start_client(self, client: socket.socket, peer: str, on_connection: OnConnection) -> None:
         wire.tune_socket(client)
+        thread = threading.Thread(
+            target=self._run_client, args=(client, peer, on_connection), name=f"client-{peer}", daemon=True
+        )
         with self._lock:
-            full = len(self._clients) >= self.max_clients
-            if not full:
-                thread = threading.Thread(
-                    target=self._run_client, args=(client, peer, on_connection), name=f"client-{peer}", daemon=True
-                )
-                self._clients[client] = thread
-        if full:
-            log.warning("refusing %s: %d clients already connected", peer, self.max_clients)
+            dropped = next(iter(self._pending)) if len(self._pending) >= self.max_pending else None
+            if dropped is not None:
+                del self._pending[dropped]
+            self._pending[client] = None
+            self._threads[client] = thread
+        if dropped is not None:
+            log.warning("%d connections waiting for hello: dropping the oldest for %s", self.max_pending, peer)
             try:
-                client.settimeout(1.0)
-                wire.send_message(client, wire.error_header(None, wire.BUSY, f"too many clients (at most {self.max_clients})"))
+                dropped.shutdown(socket.SHUT_RDWR)  # its thread sees the end of the stream and exits
             except OSError:
                 pass
-            client.close()
-            return
         thread.start()
 
-    def _run_client(self, client: socket.socket, peer: str, on_connection: Callable[[socket.socket, str], None]) -> None:
+    def _admit(self, client: socket.socket) -> None:
+        with self._lock:
+            if client not in self._pending:
+                raise wire.ProtocolError(wire.BUSY, "the connection was dropped while authenticating; connect again")
+            del self._pending[client]
+            if len(self._authenticated) >= self.max_clients:
+                raise wire.ProtocolError(wire.BUSY, f"too many clients (at most {self.max_clients})")
+            self._authenticated.add(client)
+
+    def _run_client(self, client: socket.socket, peer: str, on_connection: OnConnection) -> None:
         try:
-            on_connection(client, peer)
+            on_connection(client, peer, lambda: self._admit(client))
         finally:
             with self._lock:
-                self._clients.pop(client, None)
+                self._threads.pop(client, None)
+                self._pending.pop(client, None)
+                self._authenticated.discard(client)
 
     def close(self, join_timeout: float = 2.0) -> None:
         """Close the listening socket and every client connection, then wait briefly for their threads."""
         self.stop()
         self._sock.close()
         with self._lock:
-            clients = list(self._clients.items())
+            clients = list(self._threads.items())
         for client, _ in clients:
             try:
                 client.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv

@@ -116,9 +116,15 @@ def serve(
     """Run the server until shutdown; returns the exit code. Errors raise ``AvatarError`` subclasses."""
     host = check_bind_address(allow_remote_bind, allow_remote=True) if allow_remote_bind else LOOPBACK
     state_dir = Path(state_dir).expanduser().resolve() if state_dir else default_state_dir()
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     log_file = Path(log_file).expanduser().resolve() if log_file else state_dir / LOG_FILE
-    log_handler = _setup_logging(log_file)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as error:
+        raise BindError(f"cannot use state folder {state_dir}: {error.strerror or error}") from None
+    try:
+        log_handler = _setup_logging(log_file)
+    except OSError as error:
+        raise BindError(f"cannot write the log file {log_file}: {error.strerror or error}") from None
     connection_file = state_dir / CONNECTION_FILE
     try:
         _refuse_if_running(connection_file)
@@ -156,7 +162,7 @@ def serve(
             f"  connection file: {connection_file}\n  log: {log_file}",
             flush=True,
         )
-        listener.serve_forever(lambda sock, peer: Connection(sock, peer, context, token).run())
+        listener.serve_forever(lambda sock, peer, admit: Connection(sock, peer, context, token, admit).run())
     finally:
         log.info("shutting down")
         _remove_connection_file(connection_file, token)

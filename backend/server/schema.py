@@ -9,6 +9,7 @@ the declared dtype and shape) and bad input becomes a ``bad_request`` reply nami
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -30,6 +31,12 @@ class BadRequest(AvatarError):
 def _describe(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _describe_names(names: Sequence[Any], most: int = 8) -> str:
+    """Names from the peer, quoted and bounded (a reply must never grow with the request)."""
+    shown = ", ".join(_describe(name) for name in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 class Field:
@@ -116,13 +123,18 @@ class FilePath(Field):
     def clean(self, where: str, value: Any) -> Path:
         if type(value) is not str or not value or "\x00" in value or len(value) > 4096:
             raise BadRequest(f"{where}: must be a path string, got {_describe(value)}")
-        path = Path(value).expanduser()
-        if not path.is_absolute():
-            raise BadRequest(f"{where}: {value!r} must be an absolute path (the server's working folder is not the client's)")
-        if self.exists == "file" and not path.is_file():
-            raise BadRequest(f"{where}: {path} is not an existing file")
-        if self.exists == "dir" and not path.is_dir():
-            raise BadRequest(f"{where}: {path} is not an existing folder")
+        try:
+            os.fsencode(value)  # a name the file system can hold (no lone surrogates)
+            path = Path(value).expanduser()
+            if not path.is_absolute():
+                raise BadRequest(f"{where}: {value!r} must be an absolute path (the server's working folder is not the client's)")
+            path.exists()  # raises for names the file system refuses (too long, ...)
+            if self.exists == "file" and not path.is_file():
+                raise BadRequest(f"{where}: {path} is not an existing file")
+            if self.exists == "dir" and not path.is_dir():
+                raise BadRequest(f"{where}: {path} is not an existing folder")
+        except (RuntimeError, OSError, ValueError) as error:  # ~nosuchuser, names too long, ...
+            raise BadRequest(f"{where}: {_describe(value)} is not a usable path ({error})") from None
         return path
 
 
@@ -174,7 +186,7 @@ def validate_params(schema: Mapping[str, Field], params: Any) -> dict[str, Any]:
         raise BadRequest(f"params: must be an object, got {_describe(params)}")
     unknown = sorted(set(params) - set(schema))
     if unknown:
-        raise BadRequest(f"params: unknown key(s) {', '.join(map(repr, unknown))}; expected {', '.join(schema) or 'none'}")
+        raise BadRequest(f"params: unknown key(s) {_describe_names(unknown)}; expected {', '.join(schema) or 'none'}")
     cleaned: dict[str, Any] = {}
     for name, field in schema.items():
         if name in params:
@@ -192,7 +204,7 @@ def validate_arrays(schema: Mapping[str, Array] | None, arrays: Mapping[str, Wir
         return {name: as_numpy(array) for name, array in arrays.items()}
     unknown = sorted(set(arrays) - set(schema))
     if unknown:
-        raise BadRequest(f"arrays: unexpected {', '.join(map(repr, unknown))}; expected {', '.join(schema) or 'none'}")
+        raise BadRequest(f"arrays: unexpected {_describe_names(unknown)}; expected {', '.join(schema) or 'none'}")
     sizes: dict[str, tuple[int, str]] = {}
     cleaned: dict[str, np.ndarray] = {}
     for name, spec in schema.items():

@@ -1,6 +1,6 @@
 """Request ``body_template``: a body model's rest mesh, skeleton, skinning and blendshapes for the add-on.
 
-Loaded models are kept for the server's lifetime (keyed by family, model folder and
+Loaded models are kept (the 8 most recently used, keyed by family, resolved model folder and
 gender/side), since loading SMPL-X takes seconds and every import needs one. The model
 folders come from the add-on's preferences (``models``); a family left empty falls back to
 ``ModelFolders.resolve`` (environment, then the generated stand-in), as on the command line.
@@ -9,6 +9,7 @@ folders come from the add-on's preferences (``models``); a family left empty fal
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,17 +47,24 @@ MODEL_FOLDERS = ModelFolderChoice(default=None, doc="model folder per family fro
 
 
 class BodyModelCache:
-    """Loaded body models shared by all connections; each model is loaded once, even under concurrent requests."""
+    """Loaded body models shared by all connections; each model is loaded once, even under
+    concurrent requests. The least recently used model goes when more than ``capacity`` are held."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
         self._lock = threading.Lock()
-        self._models: dict[tuple, BodyModel] = {}
+        self._models: OrderedDict[tuple, BodyModel] = OrderedDict()
         self._loading: dict[tuple, threading.Lock] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._models)
 
     def get(self, key: tuple, load: Callable[[], BodyModel]) -> BodyModel:
         with self._lock:
             model = self._models.get(key)
             if model is not None:
+                self._models.move_to_end(key)
                 return model
             key_lock = self._loading.setdefault(key, threading.Lock())
         with key_lock:  # other keys keep loading in parallel
@@ -67,6 +75,8 @@ class BodyModelCache:
                 with self._lock:
                     self._models[key] = model
                     self._loading.pop(key, None)
+                    while len(self._models) > self.capacity:
+                        self._models.popitem(last=False)
             return model
 
     def clear(self) -> None:
@@ -81,6 +91,7 @@ def cached_body_model(family: str, folders: ModelFolders | None = None, gender: 
     """The server's shared instance of a body model (loaded on first use); raises ``ModelFileError``."""
     folders = folders or ModelFolders.resolve()
     folder = getattr(folders, family)
+    folder = folder.resolve() if folder is not None else None  # one entry however the folder is spelt
     if family == "smplx":
         return MODEL_CACHE.get((family, folder, gender), lambda: load_smplx(folders, gender=gender))
     if family == "mano":

@@ -97,9 +97,18 @@ def info(request: Request) -> dict:
     return result
 
 
-@lru_cache(maxsize=8)
+CACHED_TEST_IMAGE_PIXELS = 1024 * 1024  # at most 4 cached images of <= 16 MiB each
+
+
 def test_image(height: int, width: int, dtype: str) -> np.ndarray:
-    """A deterministic RGBA test pattern (x ramp, y ramp, 8-px checker, opaque), cached per size."""
+    """A deterministic RGBA test pattern (x ramp, y ramp, 8-px checker, opaque); sizes up to
+    1024x1024 are cached, so that timing them measures the transport, not the pattern."""
+    if height * width <= CACHED_TEST_IMAGE_PIXELS:
+        return _cached_test_image(height, width, dtype)
+    return _make_test_image(height, width, dtype)
+
+
+def _make_test_image(height: int, width: int, dtype: str) -> np.ndarray:
     x = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :].repeat(height, 0)
     y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None].repeat(width, 1)
     checker = ((np.arange(height)[:, None] // 8 + np.arange(width)[None, :] // 8) % 2).astype(np.float32)
@@ -110,6 +119,9 @@ def test_image(height: int, width: int, dtype: str) -> np.ndarray:
         image = image.astype(dtype)
     image.setflags(write=False)
     return image
+
+
+_cached_test_image = lru_cache(maxsize=4)(_make_test_image)
 
 
 @handler(
