@@ -45,16 +45,29 @@ JOB_ITEMS = (("TRAIN", "Training", "The training job"), ("BAKE", "Bake", "The ba
 # ------------------------------------------------------------------ helpers
 
 
-def avatar_armature(context: bpy.types.Context, name: str = "") -> bpy.types.Object | None:
-    """The armature named ``name``, or the active object's avatar armature (SMPL-X rigs only)."""
-    if name:
-        obj = bpy.data.objects.get(name)
-        avatar = find_avatar(obj) if obj is not None else None
-    else:
-        avatar = find_avatar(context.active_object)
+def smplx_armature(obj: bpy.types.Object | None) -> bpy.types.Object | None:
+    """The armature of the imported SMPL-X avatar ``obj`` belongs to (other rigs cannot drive one)."""
+    avatar = find_avatar(obj)
     if avatar is None or avatar.armature.neural_avatar.family != "smplx":
         return None
     return avatar.armature
+
+
+def avatar_armature(context: bpy.types.Context, name: str = "") -> bpy.types.Object | None:
+    """The armature named ``name``, or the active object's avatar armature (SMPL-X rigs only)."""
+    return smplx_armature(bpy.data.objects.get(name) if name else context.active_object)
+
+
+def armature_again(uid: int, name: str) -> bpy.types.Object:
+    """The avatar armature whose ``session_uid`` is ``uid`` (it was ``name``), after the scene may have changed.
+
+    Looked up by id, which survives renames; raises when the armature was deleted or no longer
+    belongs to an SMPL-X avatar.
+    """
+    armature = next((obj for obj in bpy.data.objects if obj.session_uid == uid), None)
+    if armature is None or smplx_armature(armature) != armature:
+        raise BackendError("bad_request", f"{name} was deleted or is no longer an avatar armature")
+    return armature
 
 
 def absolute_folder(text: str, what: str, must_exist: bool) -> Path:
@@ -91,8 +104,12 @@ def visible_bound_armatures(context: bpy.types.Context) -> list[bpy.types.Object
     return [armature for armature in bound_armatures(context.scene.objects) if armature.visible_get()]
 
 
-def has_smplx_avatar(context: bpy.types.Context) -> bool:
-    return any(obj.neural_avatar.role == "ARMATURE" and obj.neural_avatar.family == "smplx" for obj in context.scene.objects)
+def has_camera(operator: type[bpy.types.Operator], context: bpy.types.Context) -> bool:
+    """Poll part of the rendering operators: the scene needs an active camera."""
+    if context.scene.camera is None:
+        operator.poll_message_set("The scene needs an active camera")
+        return False
+    return True
 
 
 def target_armature(context: bpy.types.Context, name: str, need_binding: bool) -> bpy.types.Object:
@@ -127,8 +144,9 @@ class NEURAL_AVATAR_OT_load_avatar(BackendOperator, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if not has_smplx_avatar(context):
-            cls.poll_message_set("Import an SMPL-X motion first: its armature drives the trained avatar")
+        # Blender polls before the operator has properties: a script naming ``armature`` makes it active too.
+        if avatar_armature(context) is None:
+            cls.poll_message_set("Select an imported SMPL-X avatar: its armature drives the trained avatar")
             return False
         return True
 
@@ -141,14 +159,13 @@ class NEURAL_AVATAR_OT_load_avatar(BackendOperator, bpy.types.Operator):
     def steps(self, context: bpy.types.Context):
         armature = target_armature(context, self.armature, need_binding=False)
         folder = str(absolute_folder(self.directory, "avatar folder", must_exist=True))
-        name = armature.name
+        name, uid = armature.name, armature.session_uid
         client = yield from backend_client(context)
         loading = client.submit("load_avatar", {"path": folder, "checkpoint": self.checkpoint})
         yield loading
         reply = loading.result()
-        armature = bpy.data.objects.get(name)  # looked up again: the scene may have changed while loading
-        if armature is None:
-            raise BackendError("bad_request", f"{name} was deleted or renamed while the avatar loaded")
+        armature = armature_again(uid, name)  # the scene may have changed while loading
+        name = armature.name
         avatar_ids.remember(client, folder, self.checkpoint, str(reply.result["avatar_id"]))
         bind(armature, folder, self.checkpoint, reply)
         self.report({"INFO"}, f"{name}: bound to {folder} ({armature.neural_avatar.avatar_summary})")
@@ -191,8 +208,7 @@ class NEURAL_AVATAR_OT_render_frame(BackendOperator, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context: bpy.types.Context) -> bool:
-        if context.scene.camera is None:
-            cls.poll_message_set("The scene needs an active camera")
+        if not has_camera(cls, context):
             return False
         if not bound_armatures(context.scene.objects):
             cls.poll_message_set("Bind an avatar armature to a trained avatar first (Load Trained Avatar)")
@@ -245,23 +261,24 @@ def _monitor(which: str) -> job_monitor.JobMonitor:
     return job_monitor.training if which == "TRAIN" else job_monitor.baking
 
 
-def _bind_when_trained(armature_name: str, folder: str, client: BackendClient):
-    """``on_finished`` of a training job (interactive): load the avatar and bind it, without waiting."""
+def _bind_when_trained(uid: int, name: str, folder: str, client: BackendClient):
+    """``on_finished`` of a training job (interactive): load the avatar and bind it to armature ``uid``, without waiting."""
 
     def finished(state: dict[str, Any]) -> None:
         if state.get("status") != job_monitor.DONE or client.closed:
             return
 
         def loaded(ticket) -> None:
-            armature = bpy.data.objects.get(armature_name)
             try:
                 reply = ticket.result()
             except BackendError as error:
                 job_monitor.training.error = f"training finished, but loading {folder} failed: {error}"
                 return
             avatar_ids.remember(client, folder, "latest", str(reply.result["avatar_id"]))
-            if armature is not None:
-                bind(armature, folder, "latest", reply)
+            try:
+                bind(armature_again(uid, name), folder, "latest", reply)
+            except BackendError as error:
+                job_monitor.training.error = f"training finished, but {error}: bind {folder} with Load Trained Avatar"
             backend_process.redraw_sidebars()
 
         client.submit("load_avatar", {"path": folder, "checkpoint": "latest"}, on_done=loaded)
@@ -302,6 +319,8 @@ class NEURAL_AVATAR_OT_train(BackendOperator, bpy.types.Operator):
         target = avatar_armature(context, self.bind_to) if self.auto_load else None
         if self.bind_to and target is None:
             raise BackendError("bad_request", f"{self.bind_to!r} is not an imported SMPL-X avatar")
+        # Kept by id: the armature may be renamed or deleted while training runs.
+        target_uid, target_name = (target.session_uid, target.name) if target is not None else (None, "")
         params: dict[str, Any] = {"capture": str(capture), "out": str(output), "method": self.method, "preset": self.preset, "resume": self.resume}
         if self.iterations:
             params["iterations"] = self.iterations
@@ -311,21 +330,22 @@ class NEURAL_AVATAR_OT_train(BackendOperator, bpy.types.Operator):
         starting = client.submit("train_start", params)
         yield starting
         state = starting.result().result["job"]
-        target_name = target.name if target is not None else ""
         monitor = job_monitor.training
-        monitor.follow(client, state, _bind_when_trained(target_name, str(output), client) if target_name and not client.background else None)
+        bind_later = target_uid is not None and not client.background
+        monitor.follow(client, state, _bind_when_trained(target_uid, target_name, str(output), client) if bind_later else None)
         self.report({"INFO"}, f"Training {output.name} on {capture.name}: job {monitor.job_id}")
         if not (client.background and self.wait):
             return
         final = yield from monitor.wait_steps(client, print)
         if final.get("status") != job_monitor.DONE:
             raise BackendError("job_failed", f"training {final.get('status')}: {final.get('error') or final.get('message') or 'see the backend log'}")
-        if target_name:
+        if target_uid is not None:
             loading = client.submit("load_avatar", {"path": str(output), "checkpoint": "latest"})
             yield loading
             reply = loading.result()
-            bind(bpy.data.objects[target_name], str(output), "latest", reply)
-            self.report({"INFO"}, f"{target_name}: bound to {output}")
+            armature = armature_again(target_uid, target_name)
+            bind(armature, str(output), "latest", reply)
+            self.report({"INFO"}, f"{armature.name}: bound to {output}")
 
 
 class NEURAL_AVATAR_OT_cancel_job(BackendOperator, bpy.types.Operator):
@@ -366,7 +386,13 @@ class NEURAL_AVATAR_OT_bake(BackendOperator, bpy.types.Operator):
         if job_monitor.baking.running:
             cls.poll_message_set("A bake is running (cancel it in the Bake panel)")
             return False
-        return NEURAL_AVATAR_OT_render_frame.poll(context)
+        if not has_camera(cls, context):
+            return False
+        # Blender polls before the operator has properties: a script naming ``armature`` makes it active too.
+        if not is_bound(avatar_armature(context)):
+            cls.poll_message_set("Select an avatar bound to a trained avatar (Load Trained Avatar)")
+            return False
+        return True
 
     def steps(self, context: bpy.types.Context):
         armature = target_armature(context, self.armature, need_binding=True)

@@ -74,7 +74,8 @@ def main(argv: list[str]) -> int:
         folder = str(Path(args.avatar).resolve())
         for armature in armatures:
             if armature.neural_avatar.family == "smplx":
-                bpy.ops.neural_avatar.load_avatar(directory=folder, armature=armature.name)
+                with bpy.context.temp_override(active_object=armature):  # the operators' poll checks the active avatar
+                    bpy.ops.neural_avatar.load_avatar(directory=folder, armature=armature.name)
     bound = [armature for armature in armatures if armature.neural_avatar.avatar_path]
     if not bound:
         print("batch_bake: no armature is bound to a trained avatar (bind one in the Avatar panel, or pass --avatar DIR)", file=sys.stderr)
@@ -84,7 +85,8 @@ def main(argv: list[str]) -> int:
     for armature in bound:
         target = out / armature.name if len(bound) > 1 else out
         print(f"batch_bake: {armature.name}: frames {first}-{last} -> {target}", flush=True)
-        bpy.ops.neural_avatar.bake(directory=str(target), frame_start=first, frame_end=last, mp4=args.mp4, armature=armature.name, wait=True)
+        with bpy.context.temp_override(active_object=armature):
+            bpy.ops.neural_avatar.bake(directory=str(target), frame_start=first, frame_end=last, mp4=args.mp4, armature=armature.name, wait=True)
     print(f"batch_bake: baked {len(bound)} avatar{'s' if len(bound) != 1 else ''} to {out}", flush=True)
     return 0
 

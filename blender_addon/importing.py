@@ -17,13 +17,21 @@ import numpy as np
 from . import motion_math
 from .animation import Channels, custom_property_path, data_path_item, frame_numbers
 from .camera import build_camera, read_camera
-from .motion_data import POSE_LAYOUTS, AvatarDataError, BodyTemplate, Motion, motion_from_arrays, template_from_arrays
+from .motion_data import (
+    FACEVERSE_CURVE_PREFIX,
+    POSE_LAYOUTS,
+    AvatarDataError,
+    BodyTemplate,
+    Motion,
+    motion_from_arrays,
+    template_from_arrays,
+)
 from .properties import (
     BETAS_PROPERTY,
     EXPRESSION_NAMES_PROPERTY,
-    FACEVERSE_CURVE_PREFIX,
     FACEVERSE_NAMES_PROPERTY,
     JOINT_NAMES_PROPERTY,
+    UNKEPT_TRACKS_PROPERTY,
 )
 from .rig import AvatarObjects, build_avatar, find_avatar
 from .scene_changes import SceneChanges, undo_on_error
@@ -225,6 +233,7 @@ def _store_state(
     armature[BETAS_PROPERTY] = moves.betas.astype(np.float64).tolist()
     armature[EXPRESSION_NAMES_PROPERTY] = list(body.expression_names)
     armature[FACEVERSE_NAMES_PROPERTY] = list(moves.faceverse_names)
+    armature[UNKEPT_TRACKS_PROPERTY] = list(moves.unkept_tracks)
 
 
 def export_motion(armature: bpy.types.Object) -> dict[str, object]:
@@ -268,7 +277,13 @@ def export_motion(armature: bpy.types.Object) -> dict[str, object]:
 
     expression_names = list(armature.get(EXPRESSION_NAMES_PROPERTY, []))
     if expression_names:
-        shape_channels = Channels.of(avatar.mesh.data.shape_keys)
+        key_block = avatar.mesh.data.shape_keys
+        if key_block is None:
+            raise ValueError(
+                f"{avatar.mesh.name!r} has no shape keys: its {len(expression_names)} expression curves were deleted "
+                "with them (import the motion again to export it)"
+            )
+        shape_channels = Channels.of(key_block)
         if shape_channels is None:
             raise ValueError(f"{avatar.mesh.name!r} has no expression animation")
         out["expression"] = np.concatenate(

@@ -11,12 +11,14 @@ Motion keys (the tracking-file names of ``backend.capture``): ``fps``, ``up_axis
 ``right_hand_pose``; MANO: ``global_orient``, ``hand_pose``) or ``full_pose`` (T, 3J) for any
 family, ``expression`` (T, E), ``betas`` (S,), ``faceverse_exp`` (T, N) with
 ``faceverse_exp_names``, and ``camera_K`` (3, 3) or (T, 3, 3), ``camera_world_to_camera``
-(4, 4) or (T, 4, 4), ``image_size`` (height, width). Keys not listed here are ignored.
+(4, 4) or (T, 4, 4), ``image_size`` (height, width). Other arrays (the FaceVerse head pose and
+identity, MANO hand tracks, ...) are not kept: ``Motion.unkept_tracks`` names them for a warning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,9 +41,15 @@ REQUIRED_POSE_PARTS = {"smplx": ("global_orient", "body_pose"), "mano": ("global
 UP_AXES = ("y", "-y", "z")
 # Blender clamps shape-key values to the slider range, which cannot exceed [-10, 10].
 SHAPE_KEY_LIMIT = 10.0
-# Blender truncates longer names (bones, shape keys, vertex groups) to 63 bytes.
+# Blender truncates longer names (bones, shape keys, vertex groups) to 63 bytes and refuses
+# longer custom property names.
 MAX_NAME_BYTES = 63
+FACEVERSE_CURVE_PREFIX = "faceverse_"  # + ARKit name: animated custom property per FaceVerse expression
 BASIS_NAME = "Basis"
+# Motion keys that describe the motion rather than hold a track (never reported as unkept).
+MOTION_SETTINGS = ("fps", "up_axis", "gender", "faceverse_exp_names")
+# Tracks kept whatever the body family (the pose arrays depend on it).
+KEPT_TRACKS = ("transl", "expression", "betas", "faceverse_exp", "camera_K", "camera_world_to_camera", "image_size")
 
 
 class AvatarDataError(ValueError):
@@ -99,6 +107,7 @@ class Motion:
     faceverse_expression: np.ndarray | None = None  # (T, N)
     faceverse_names: tuple[str, ...] = ()
     camera: CameraTrack | None = None
+    unkept_tracks: tuple[str, ...] = ()  # the given arrays nothing above holds (sorted keys)
 
     @property
     def num_frames(self) -> int:
@@ -215,7 +224,7 @@ def motion_from_arrays(motion: Mapping[str, object], template: BodyTemplate) -> 
         face = _array(motion, "faceverse_exp", np.float64, "motion", ndim=2)
         if face.shape[0] != frames:
             raise AvatarDataError(f"motion: faceverse_exp has {face.shape[0]} frames, transl has {frames}")
-        face_names = _names(motion, "faceverse_exp_names", face.shape[1], owner="motion")
+        face_names = _names(motion, "faceverse_exp_names", face.shape[1], owner="motion", prefix=FACEVERSE_CURVE_PREFIX)
 
     return Motion(
         fps=fps,
@@ -227,7 +236,19 @@ def motion_from_arrays(motion: Mapping[str, object], template: BodyTemplate) -> 
         faceverse_expression=face,
         faceverse_names=face_names,
         camera=_camera(motion, frames),
+        unkept_tracks=_unkept_tracks(motion, template),
     )
+
+
+def describe_tracks(keys: Iterable[str]) -> str:
+    """Track keys for a report, each MANO hand's arrays as one ``mano_<side>_*``."""
+    return ", ".join(sorted({re.sub(r"^mano_([a-z]+)_.+$", r"mano_\1_*", key) for key in keys}))
+
+
+def _unkept_tracks(motion: Mapping[str, object], template: BodyTemplate) -> tuple[str, ...]:
+    pose_keys = ("full_pose",) if "full_pose" in motion else tuple(name for name, _ in POSE_LAYOUTS.get(template.family, ()))
+    kept = {*MOTION_SETTINGS, *KEPT_TRACKS, *pose_keys}
+    return tuple(sorted(key for key in motion if key not in kept))
 
 
 def _pose(motion: Mapping[str, object], template: BodyTemplate, frames: int) -> np.ndarray:
@@ -350,7 +371,10 @@ def _indices(source: Mapping[str, object], key: str, count: int, owner: str) -> 
     return indices.astype(np.int32)
 
 
-def _names(source: Mapping[str, object], key: str, count: int, owner: str = "template") -> tuple[str, ...]:
+def _names(
+    source: Mapping[str, object], key: str, count: int, owner: str = "template", prefix: str = ""
+) -> tuple[str, ...]:
+    """``source[key]``: ``count`` distinct names that fit Blender's limit once stored as ``prefix + name``."""
     if key not in source:
         raise AvatarDataError(f"{owner}: missing {key!r}")
     value = source[key]
@@ -359,11 +383,11 @@ def _names(source: Mapping[str, object], key: str, count: int, owner: str = "tem
     names = tuple(str(name) for name in value)
     if len(names) != count:
         raise AvatarDataError(f"{owner}: {key} lists {len(names)} names, the arrays have {count}")
+    limit = MAX_NAME_BYTES - len(prefix.encode("utf-8"))
     for name in names:
-        if not name or len(name.encode("utf-8")) > MAX_NAME_BYTES:
-            raise AvatarDataError(
-                f"{owner}: {key} entry {name!r} must be 1 to {MAX_NAME_BYTES} bytes long (Blender's limit)"
-            )
+        if not name or len(name.encode("utf-8")) > limit:
+            stored_as = f" of {MAX_NAME_BYTES} bytes for the custom property name {prefix + name!r}" if prefix else ""
+            raise AvatarDataError(f"{owner}: {key} entry {name!r} must be 1 to {limit} bytes long (Blender's limit{stored_as})")
     if len(set(names)) != len(names):
         raise AvatarDataError(f"{owner}: {key} has repeated names")
     return names

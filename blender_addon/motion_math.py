@@ -29,6 +29,13 @@ OPENCV_TO_BLENDER_CAMERA_AXES = np.diag([1.0, -1.0, -1.0])
 
 _SMALL_ANGLE = 1e-6
 
+# Relative difference under which two frame rates are one rate: single precision (Blender's
+# fps_base, float32 rates in files) shifts a rate by ~1e-7, and 29.97 as Blender's preset
+# 30 / 1.001 must key the 30000/1001 motion frame for frame, not resample it.
+SAME_RATE_TOLERANCE = 1e-6
+# Relative to the target frame count: slack for float64 rounding of the last frame's position.
+FRAME_COUNT_TOLERANCE = 1e-9
+
 
 # --- rotations ---------------------------------------------------------------------------
 
@@ -201,13 +208,17 @@ def resampling_positions(num_frames: int, source_fps: float, target_fps: float) 
 
     Target frame k shows time k / target_fps, i.e. source position k * source_fps / target_fps.
     Each position is computed from k directly (never by accumulating a step), so there is
-    no drift: 120 -> 30 gives exactly 0, 4, 8, ...; 30 -> 24 gives 0, 1.25, 2.5, ...
+    no drift: 120 -> 30 gives exactly 0, 4, 8, ...; 30 -> 24 gives 0, 1.25, 2.5, ... Rates
+    within ``SAME_RATE_TOLERANCE`` of each other are the same rate: the source frames themselves.
     """
     if num_frames < 1:
         raise ValueError("cannot resample an empty motion")
     ratio = _positive_rate(source_fps) / _positive_rate(target_fps)
-    # Tolerance so that a last target frame landing on the last source frame is kept.
-    count = int(np.floor((num_frames - 1) / ratio + 1e-9)) + 1
+    if abs(ratio - 1.0) < SAME_RATE_TOLERANCE:
+        return np.arange(num_frames, dtype=np.float64)
+    span = (num_frames - 1) / ratio
+    # Keeps a last target frame that lands on the last source frame; rounding grows with the span.
+    count = int(np.floor(span + FRAME_COUNT_TOLERANCE * max(span, 1.0))) + 1
     positions = np.arange(count, dtype=np.float64) * ratio
     return np.minimum(positions, num_frames - 1)
 

@@ -10,6 +10,8 @@ Scene changes happen only in the last step, after every request has answered, an
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Generator
 
@@ -22,8 +24,9 @@ from . import backend_process
 from .backend_process import connection_from_address, connection_from_file, resolve_backend_python
 from .client import NOT_RUNNING, BackendClient, BackendError
 from .importing import ImportOptions, export_motion, import_motion
-from .motion_data import POSE_LAYOUTS
+from .motion_data import POSE_LAYOUTS, describe_tracks
 from .preferences import addon_preferences
+from .properties import UNKEPT_TRACKS_PROPERTY
 from .rig import find_avatar, remove_avatar
 
 LOG_TEXT_NAME = "Neural Avatar backend log"
@@ -86,8 +89,9 @@ def backend_client(context: bpy.types.Context) -> Generator[Any, None, BackendCl
     if session.connected:
         return session.client
     if session.starting is not None:
-        yield session.starting
-        return session.starting.result()
+        starting = session.starting  # the session forgets it once the start ends, successful or not
+        yield starting
+        return starting.result()
     mode = _preference(context, "connection", "START")
     if mode == "START" and _preference(context, "auto_start", True):
         starting = begin_start(context)
@@ -147,8 +151,14 @@ class BackendOperator:
         except (BackendError, ValueError, OSError, RuntimeError) as error:
             self.report({"ERROR"}, str(error))
             outcome = {"CANCELLED"}
+        except Exception as error:
+            # A bug: the console gets the traceback, the user a report (scene changes happen only
+            # in the last step, and the import undoes its own partial work).
+            traceback.print_exc()
+            self.report({"ERROR"}, f"Internal error ({type(error).__name__}: {error}); the traceback is in the console")
+            outcome = {"CANCELLED"}
         except BaseException:
-            self._finish(context)  # a bug: stop ticking, let Blender show the traceback
+            self._finish(context)  # KeyboardInterrupt, SystemExit: stop ticking and let them through
             raise
         self._finish(context)
         return outcome
@@ -323,6 +333,9 @@ class NEURAL_AVATAR_OT_import_motion(BackendOperator, bpy.types.Operator, Import
         name = self.avatar_name.strip() or avatar_name_for(path)
         options = ImportOptions(name=name, frame_rate=self.frame_rate, ground=self.ground, import_camera=self.import_camera)
         armature = import_motion(context, template.arrays, template.result, motion_for_import(motion), options)
+        unkept = armature.get(UNKEPT_TRACKS_PROPERTY)
+        if unkept:
+            self.report({"WARNING"}, f"{path.name}: not kept on the rig, so an export leaves them out: {describe_tracks(unkept)}")
         state = armature.neural_avatar
         self.report(
             {"INFO"},
@@ -331,8 +344,13 @@ class NEURAL_AVATAR_OT_import_motion(BackendOperator, bpy.types.Operator, Import
         )
 
 
-def motion_write_request(exported: dict[str, Any], file_format: str) -> tuple[dict[str, Any], dict[str, np.ndarray], list[str]]:
-    """``export_motion``'s arrays as a ``motion_write`` request; also returns what the format leaves out."""
+def motion_write_request(
+    exported: dict[str, Any], file_format: str, unkept_tracks: Sequence[str] = ()
+) -> tuple[dict[str, Any], dict[str, np.ndarray], list[str]]:
+    """``export_motion``'s arrays as a ``motion_write`` request; also returns what is left out.
+
+    ``unkept_tracks``: arrays of the imported file that the rig did not keep.
+    """
     frames = int(np.shape(exported["transl"])[0])
     params = {"fps": float(exported["fps"]), "gender": exported["gender"], "up_axis": exported["up_axis"], "format": file_format}
     arrays: dict[str, np.ndarray] = {}
@@ -353,6 +371,8 @@ def motion_write_request(exported: dict[str, Any], file_format: str) -> tuple[di
             left_out.append("the camera (AMASS files hold only the body)")
     if "faceverse_exp" in exported:
         left_out.append("the FaceVerse expression curves (the FaceVerse head pose is not kept in Blender)")
+    if unkept_tracks:
+        left_out.append(f"the imported file's {describe_tracks(unkept_tracks)} (not kept in Blender)")
     return params, arrays, left_out
 
 
@@ -378,7 +398,8 @@ class NEURAL_AVATAR_OT_export_motion(BackendOperator, bpy.types.Operator, Export
         path = Path(bpy.path.abspath(self.filepath))
         if not path.is_absolute():
             raise BackendError("bad_request", f"{self.filepath}: save the .blend file first or give an absolute path")
-        params, arrays, left_out = motion_write_request(export_motion(avatar.armature), self.file_format)
+        unkept = list(avatar.armature.get(UNKEPT_TRACKS_PROPERTY, []))
+        params, arrays, left_out = motion_write_request(export_motion(avatar.armature), self.file_format, unkept)
         client = yield from backend_client(context)
         writing = client.submit("motion_write", {**params, "path": str(path)}, arrays)
         yield writing

@@ -54,7 +54,8 @@ BETAS_PROPERTY = "neural_avatar_betas"
 JOINT_NAMES_PROPERTY = "neural_avatar_joint_names"  # joint order (Blender keeps bones in tree order)
 EXPRESSION_NAMES_PROPERTY = "neural_avatar_expression_names"
 FACEVERSE_NAMES_PROPERTY = "neural_avatar_faceverse_names"
-FACEVERSE_CURVE_PREFIX = "faceverse_"  # + ARKit name: animated custom property per FaceVerse expression
+UNKEPT_TRACKS_PROPERTY = "neural_avatar_unkept_tracks"  # the imported motion's arrays the rig does not hold
+# (The FaceVerse curve properties' prefix is motion_data.FACEVERSE_CURVE_PREFIX: names are checked there.)
 
 
 class NEURAL_AVATAR_PG_object(bpy.types.PropertyGroup):

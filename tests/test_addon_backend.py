@@ -179,16 +179,30 @@ def test_backend_python_comes_from_preference_then_backend_json_then_environment
     assert backend_process.source_project() == Path(backend_process.__file__).resolve().parents[1]
 
 
-def test_start_failure_reports_the_end_of_the_log(addon, tmp_path):
-    broken = tmp_path / "python"
+def failing_python(folder: Path) -> backend_process.BackendPython:
+    """A "Python" that complains on stderr and exits with code 3."""
+    broken = folder / "python"
     broken.write_text("#!/bin/sh\necho 'cannot import torch: no module' >&2\nexit 3\n")
     broken.chmod(0o755)
+    return backend_process.BackendPython(broken, None, "test")
+
+
+def test_start_failure_reports_the_end_of_the_log(addon, tmp_path):
     session = backend_process.BackendSession()
-    starting = session.begin_start(backend_process.BackendPython(broken, None, "test"), tmp_path / "state")
+    starting = session.begin_start(failing_python(tmp_path), tmp_path / "state")
     assert starting.wait(30.0)
     with pytest.raises(client_module.BackendError, match=r"exit code 3.*console.log: cannot import torch"):
         starting.result()
     assert not session.connected and "exit code 3" in session.status
+
+
+def test_an_operator_waiting_on_a_failing_start_reports_why_it_failed(addon, tmp_path):
+    session = backend_process.session()
+    session.begin_start(failing_python(tmp_path), tmp_path / "state")  # Start pressed
+    before = scene_counts()
+    with pytest.raises(RuntimeError, match=r"^Error: .*exit code 3.*cannot import torch"):  # then Import, before it ended
+        bpy.ops.neural_avatar.import_motion(filepath=str(tmp_path / "take.npz"))
+    assert scene_counts() == before and session.starting is None and not session.connected
 
 
 # ------------------------------------------------------------------ start, import, rig, export

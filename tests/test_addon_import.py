@@ -11,10 +11,11 @@ bpy = pytest.importorskip("bpy")
 smplx_names = pytest.importorskip("smplx.joint_names")
 
 import blender_addon  # noqa: E402
-from blender_addon import animation  # noqa: E402
+from blender_addon import animation, operators  # noqa: E402
 from blender_addon.bench_import import SMPLX_PARENTS, synthetic_motion, synthetic_template  # noqa: E402
 from blender_addon.importing import ImportOptions, export_motion, import_motion  # noqa: E402
 from blender_addon.motion_data import POSE_LAYOUTS, AvatarDataError  # noqa: E402
+from blender_addon.properties import UNKEPT_TRACKS_PROPERTY  # noqa: E402
 from blender_addon.rig import find_avatar, remove_avatar  # noqa: E402
 
 from blender_support import registered_addon, scene_counts  # noqa: E402,F401 - module fixture
@@ -256,6 +257,33 @@ def test_export_round_trip_is_lossless(clean_scene, template):
     np.testing.assert_allclose(export_motion(again)["body_pose"], motion["body_pose"], atol=1e-6)
 
 
+def test_tracks_the_rig_does_not_keep_are_recorded_and_reported_on_export(clean_scene, template):
+    arrays, names = template
+    motion = layout_motion()
+    motion["faceverse_rotation"] = np.zeros((FRAMES, 3), np.float32)
+    motion["mano_left_hand_pose"] = np.zeros((FRAMES, 45), np.float32)
+    motion["mano_left_transl"] = np.zeros((FRAMES, 3), np.float32)
+    armature = import_motion(bpy.context, arrays, names, motion, ImportOptions(name="Partial"))
+    unkept = list(armature[UNKEPT_TRACKS_PROPERTY])
+    assert unkept == ["faceverse_rotation", "mano_left_hand_pose", "mano_left_transl"]
+    _, written, left_out = operators.motion_write_request(export_motion(armature), "tracking", unkept)
+    assert not any(key in written for key in unkept)
+    assert left_out == ["the imported file's faceverse_rotation, mano_left_* (not kept in Blender)"]
+    plain = import_motion(bpy.context, arrays, names, layout_motion(), ImportOptions(name="Whole"))
+    assert list(plain[UNKEPT_TRACKS_PROPERTY]) == []
+
+
+def test_export_without_the_bodys_shape_keys_fails_clearly(clean_scene, template, tmp_path):
+    arrays, names = template
+    armature = import_motion(bpy.context, arrays, names, layout_motion(), ImportOptions(name="Keyless"))
+    find_avatar(armature).mesh.shape_key_clear()  # the user deletes the shape keys
+    with pytest.raises(ValueError, match="'Keyless body' has no shape keys"):
+        export_motion(armature)
+    bpy.context.view_layer.objects.active = armature
+    with pytest.raises(RuntimeError, match=r"^Error: 'Keyless body' has no shape keys"):
+        bpy.ops.neural_avatar.export_motion(filepath=str(tmp_path / "out.npz"))
+
+
 def test_export_samples_edited_curves(clean_scene, template):
     arrays, names = template
     motion = layout_motion(seed=6)
@@ -292,6 +320,23 @@ def test_resampling_to_scene_rate_keys_exact_times(clean_scene, template):
     assert len(exported["transl"]) == 9  # 0, 5, 10, ..., 40 at 120 fps
     np.testing.assert_allclose(exported["transl"], motion["transl"][::5], atol=1e-6)
     np.testing.assert_allclose(exported["body_pose"], motion["body_pose"][::5], atol=1e-6)
+
+
+def test_rates_equal_in_single_precision_key_every_source_frame_untouched(clean_scene, template):
+    arrays, names = template
+    scene = bpy.context.scene
+    scene.render.fps, scene.render.fps_base = 30, 1.001  # Blender's 29.97 preset (fps_base is float32)
+    motion = layout_motion(seed=9)
+    motion["fps"] = 30000 / 1001
+    armature = import_motion(bpy.context, arrays, names, motion, ImportOptions(name="Preset", frame_rate="scene"))
+    assert armature.neural_avatar.frame_count == FRAMES  # not resampled, the last frame kept
+    np.testing.assert_array_equal(export_motion(armature)["transl"], motion["transl"])
+
+    long_motion = layout_motion(frames=300, seed=10)
+    long_motion["fps"] = np.float32(59.94)  # a rate stored in single precision in the file
+    armature = import_motion(bpy.context, arrays, names, long_motion, ImportOptions(name="Float32", frame_rate="motion"))
+    assert armature.neural_avatar.frame_count == 300
+    np.testing.assert_array_equal(export_motion(armature)["transl"], long_motion["transl"])
 
 
 def test_second_avatar_keeps_scene_rate_and_first_avatar_intact(clean_scene, template):
@@ -396,6 +441,10 @@ BAD_INPUTS = {
         {"camera_K": np.eye(3), "camera_world_to_camera": np.eye(4)},
         r"camera_K, camera_world_to_camera and image_size must be given together",
     ),
+    "faceverse name too long for its property": (
+        {"faceverse_exp": np.zeros((FRAMES, 1)), "faceverse_exp_names": ["x" * 60]},
+        r"faceverse_exp_names entry 'x{60}' must be 1 to 53 bytes long .*'faceverse_x{60}'",
+    ),
     "inf in vertices": (
         {"rest_vertices": np.full((1500, 3), np.inf, np.float32)},
         r"rest_vertices holds NaN or infinity",
@@ -447,6 +496,21 @@ def test_operators_match_rate_and_remove_avatar(clean_scene, template):
     for key in ("objects", "meshes", "armatures", "actions", "cameras", "shape_keys"):
         assert after[key] == before[key], key
     assert bpy.ops.neural_avatar.remove_avatar.poll() is False
+
+
+def test_an_unexpected_error_in_an_operator_step_is_reported_with_its_traceback(clean_scene, template, tmp_path, monkeypatch, capsys):
+    arrays, names = template
+    import_motion(bpy.context, arrays, names, layout_motion(), ImportOptions(name="Buggy"))
+
+    def broken_export(armature):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(operators, "export_motion", broken_export)
+    before = scene_counts()
+    with pytest.raises(RuntimeError, match=r"^Error: Internal error \(KeyError: 'a bug'\); the traceback is in the console"):
+        bpy.ops.neural_avatar.export_motion(filepath=str(tmp_path / "out.npz"))
+    assert scene_counts() == before
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_remove_avatar_helper_leaves_other_avatars(clean_scene, template):

@@ -6,6 +6,8 @@ checks every property, operator and list it is given against Blender's RNA.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,7 @@ bpy = pytest.importorskip("bpy")
 import blender_addon  # noqa: E402
 from blender_addon import panels, preferences  # noqa: E402
 from blender_addon.bench_import import synthetic_motion, synthetic_template  # noqa: E402
+from blender_addon.client import Reply  # noqa: E402
 from blender_addon.importing import ImportOptions, import_motion  # noqa: E402
 
 pytestmark = pytest.mark.blender
@@ -180,3 +183,61 @@ def test_avatar_panel_binding_and_the_render_train_and_bake_sections():
         assert ("operator", "neural_avatar.cancel_job") not in log
     finally:
         monitor.state = {}
+
+
+def bound_smplx_avatar(name: str) -> bpy.types.Object:
+    """A 55-joint (SMPL-X-like) avatar armature bound to a made-up folder, left active, and a scene camera."""
+    arrays, names = synthetic_template(vertices=200, faces=300, shapes=1, expressions=2, seed=4)
+    armature = import_motion(bpy.context, arrays, names, synthetic_motion(55, 2, 3), ImportOptions(name=name))
+    armature.neural_avatar.avatar_path = f"/avatars/{name}"
+    camera = bpy.data.objects.new(f"{name} camera", bpy.data.cameras.new(f"{name} camera"))
+    bpy.context.scene.collection.objects.link(camera)
+    bpy.context.scene.camera = camera
+    return armature
+
+
+def test_bind_and_bake_buttons_need_the_active_object_to_be_a_fitting_avatar():
+    armature = bound_smplx_avatar("Polled")
+    view_layer = bpy.context.view_layer
+    view_layer.objects.active = bpy.context.scene.camera  # a bound avatar in the scene is not enough
+    assert not bpy.ops.neural_avatar.load_avatar.poll() and not bpy.ops.neural_avatar.bake.poll()
+    view_layer.objects.active = bpy.data.objects["Polled body"]  # any object of the avatar selects it
+    assert bpy.ops.neural_avatar.load_avatar.poll() and bpy.ops.neural_avatar.bake.poll()
+    armature.neural_avatar.avatar_path = ""
+    assert bpy.ops.neural_avatar.load_avatar.poll() and not bpy.ops.neural_avatar.bake.poll()  # baking needs a binding
+    assert ("operator", "neural_avatar.bake") in draw(panels.NEURAL_AVATAR_PT_bake, bpy.context)  # acts on the active avatar
+
+
+class AnsweringClient:
+    """Answers ``load_avatar`` at once, as the backend would (the training's auto-bind asks it)."""
+
+    closed = False
+    info = SimpleNamespace(host="127.0.0.1", port=1, token="t")
+
+    def submit(self, kind, params, arrays=None, on_done=None):
+        assert kind == "load_avatar"
+        on_done(SimpleNamespace(result=lambda: Reply({"avatar_id": "avatar-7", "info": {}}, {})))
+
+
+def test_training_binds_its_armature_after_a_rename_and_reports_one_deleted():
+    from blender_addon import avatar_operators, job_monitor
+
+    renamed = bound_smplx_avatar("Trainee")
+    renamed.neural_avatar.avatar_path = ""
+    finished = avatar_operators._bind_when_trained(renamed.session_uid, renamed.name, "/avatars/new", AnsweringClient())
+    renamed.name = "Renamed while training"
+    finished({"status": job_monitor.DONE})
+    assert renamed.neural_avatar.avatar_path == "/avatars/new" and renamed.neural_avatar.avatar_id == "avatar-7"
+
+    deleted = bound_smplx_avatar("Doomed")
+    finished = avatar_operators._bind_when_trained(deleted.session_uid, deleted.name, "/avatars/new", AnsweringClient())
+    bpy.data.objects.remove(deleted)
+    monitor = job_monitor.training
+    try:
+        monitor.state = {"id": "train-2", "status": job_monitor.DONE, "step": 10, "total": 10}
+        finished(monitor.state)
+        assert "Doomed skeleton was deleted" in monitor.error
+        log = draw(panels.NEURAL_AVATAR_PT_train, bpy.context)
+        assert ("label", monitor.error[:120]) in log  # the panel shows why nothing was bound
+    finally:
+        monitor.forget()
