@@ -107,15 +107,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device, seed=args.seed, checkpoint_every=args.checkpoint_every, validate_every=args.validate_every,
     )
     config = training_preset(args.preset, **overrides)
+    out = _output_folder(args.out, "avatar")
     with _progress(args, "train") as progress:
         result = train(
-            Path(args.capture), Path(args.out), config, method_config=method_config(args.method, args.preset),
+            Path(args.capture), out, config, method_config=method_config(args.method, args.preset),
             resume=args.resume, iterations=args.iterations, progress=progress, folders=_model_folders(args),
         )
     state = "cancelled at" if result.cancelled else "trained to"
     best = f", best held-out PSNR {result.best_psnr:.2f} dB" if result.best_psnr is not None else ""
     print(f"{state} step {result.step} in {result.seconds:.0f} s{best}: {result.avatar}")
     return 0
+
+
+def _int_in(low: int, high: int):
+    """argparse type: an integer in low..high, refused with a usage error (not a traceback) otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+COUNT = _int_in(1, 1_000_000_000)
+# 16: the smallest image the networks and SSIM's 11-pixel window handle; 8192: the renderer's limit.
+IMAGE_SIDE = _int_in(16, 8192)
+
+
+def _output_folder(text: str, what: str) -> Path:
+    """A folder to write into: refused at once when a file of that name is in the way."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        from backend.errors import FileProblemError
+
+        raise FileProblemError(path, f"is a file, not a folder for the {what}")
+    return path
 
 
 def _frame_range(text: str) -> range:
@@ -131,10 +162,11 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from backend.avatar import load_avatar
     from backend.render import bake
 
+    out = _output_folder(args.out, "rendered frames")
     avatar = load_avatar(Path(args.avatar), args.device, checkpoint=args.checkpoint, folders=_model_folders(args))
     with _progress(args, "render") as progress:
         result = bake(
-            avatar, Path(args.tracking), Path(args.out), args.frames, args.mp4, progress,
+            avatar, Path(args.tracking), out, args.frames, args.mp4, progress,
             resolution=args.resolution, first_frame=args.first_frame,
         )
     video = f" and {result.video}" if result.video else ""
@@ -148,8 +180,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from backend.avatar import load_avatar
     from backend.render import evaluate
 
+    out = _output_folder(args.out, "evaluation") if args.out else Path(args.avatar) / "eval"
     avatar = load_avatar(Path(args.avatar), args.device, checkpoint=args.checkpoint, folders=_model_folders(args))
-    out = Path(args.out) if args.out else Path(args.avatar) / "eval"
     with _progress(args, "eval") as progress:
         report = evaluate(avatar, Path(args.capture), out, resolution=args.resolution, progress=progress)
     summary = {key: report[key] for key in ("psnr", "ssim", "lpips", "temporal_error", "tlpips", "split", "resolution")}
@@ -212,14 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=sorted(METHODS), default="anr", help="avatar method")
     p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu", help="cpu: small, 128² ; gpu: full size, 512²")
     p.add_argument("--resume", action="store_true", help="continue the avatar in --out from its latest checkpoint")
-    p.add_argument("--iterations", type=int, metavar="N", help="total training steps (may extend a resumed run)")
-    p.add_argument("--resolution", type=int, metavar="N", help="longer image side for training (default: preset)")
-    p.add_argument("--batch-size", type=int, metavar="N")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch (default: all cores)")
+    p.add_argument("--iterations", type=COUNT, metavar="N", help="total training steps (may extend a resumed run)")
+    p.add_argument("--resolution", type=_int_in(16, 4096), metavar="N", help="longer image side for training (default: preset)")
+    p.add_argument("--batch-size", type=_int_in(1, 1024), metavar="N")
+    p.add_argument("--threads", type=_int_in(1, 1024), metavar="N", help="CPU threads for torch (default: all cores)")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--checkpoint-every", type=int, metavar="N")
-    p.add_argument("--validate-every", type=int, metavar="N")
+    p.add_argument("--seed", type=_int_in(0, 2**63 - 1))
+    p.add_argument("--checkpoint-every", type=COUNT, metavar="N")
+    p.add_argument("--validate-every", type=COUNT, metavar="N")
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser("render", parents=[models], help="render a pose sequence with a trained avatar (RGBA PNGs, MP4)")
@@ -228,12 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--mp4", action="store_true", help="also write render.mp4 (over black)")
     p.add_argument(
-        "--resolution", type=int, metavar="N",
+        "--resolution", type=IMAGE_SIDE, metavar="N",
         help="longer image side (default: the tracking's image size; 512 for motions without a camera)",
     )
     p.add_argument("--frames", type=_frame_range, metavar="A:B", help="frames A to B-1, or one frame N (default: all)")
     p.add_argument(
-        "--first-frame", type=int, metavar="N",
+        "--first-frame", type=_int_in(0, 99_999_999), metavar="N",
         help="name the PNGs frame_{N+i:06d}.png, motion frame i being scene frame N+i (default: NNNNNN.png by motion frame)",
     )
     p.add_argument("--checkpoint", default="latest", help="latest, best, or a checkpoint name")
@@ -244,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("avatar", help="avatar folder")
     p.add_argument("capture", help="capture folder with ground truth")
     p.add_argument("--out", metavar="DIR", help="where metrics.json and comparison.png go (default: AVATAR/eval)")
-    p.add_argument("--resolution", type=int, metavar="N", help="longer image side (default: the training resolution)")
+    p.add_argument("--resolution", type=IMAGE_SIDE, metavar="N", help="longer image side (default: the training resolution)")
     p.add_argument("--checkpoint", default="latest", help="latest, best, or a checkpoint name")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     p.set_defaults(handler=_cmd_eval)
