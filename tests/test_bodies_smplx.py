@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
+import io
 import os
 import pickle
 import sys
 import types
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +316,58 @@ def test_malicious_pickles_are_refused_without_running(tmp_path, arrays):
     with pytest.raises(ModelFileError, match="refusing to load"):
         load_smplx(tmp_path)
     assert not marker.exists()
+
+
+class _Call:
+    """Pickles as a call of ``function(*arguments)``."""
+
+    def __init__(self, function, *arguments):
+        self.reduced = (function, arguments)
+
+    def __reduce__(self):
+        return self.reduced
+
+
+# Allowed globals called with arguments they refuse: the unpickling fails inside the call.
+MISUSED_GLOBALS = {
+    "LookupError": _Call(codecs.encode, "a", "nope"),  # unknown codec
+    "TypeError": _Call(dict, 5),
+    "ValueError": _Call(bytes, -1),
+    "OverflowError": _Call(bytes, 10**30),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MISUSED_GLOBALS))
+def test_misused_allowed_globals_are_reported_with_the_file(tmp_path, arrays, kind):
+    payload = MISUSED_GLOBALS[kind]
+    (tmp_path / "MANO_RIGHT.pkl").write_bytes(pickle.dumps({"v_template": payload}, protocol=2))
+    with pytest.raises(ModelFileError, match=f"MANO_RIGHT.pkl: truncated or corrupt pickle \\({kind}"):
+        load_mano(tmp_path)
+    np.savez(tmp_path / "SMPLX_NEUTRAL.npz", **arrays, extra=np.array([payload], dtype=object))
+    with pytest.raises(ModelFileError, match=f"SMPLX_NEUTRAL.npz: truncated or corrupt object member extra.npy \\({kind}"):
+        load_smplx(tmp_path)
+
+
+def test_broken_pickle_streams_are_reported_with_the_file(tmp_path, arrays):
+    good = pickle.dumps({"v_template": np.zeros((3, 3))}, protocol=2)
+    broken = {
+        "truncated": good[: len(good) // 2],
+        "empty stack": b"\x80\x02.",  # STOP with nothing built
+        "bad opcode": b"\x80\x02\xff",
+        "bad memo": b"\x80\x02h\x07.",  # BINGET of a memo entry never stored
+    }
+    for name, data in broken.items():
+        (tmp_path / "MANO_RIGHT.pkl").write_bytes(data)
+        with pytest.raises(ModelFileError, match="MANO_RIGHT.pkl: truncated or corrupt pickle"):
+            load_mano(tmp_path)
+        member = np.lib.format.header_data_from_array_1_0(np.array([None], dtype=object))
+        buffer = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buffer, member)
+        write_npz(tmp_path / "SMPLX_NEUTRAL.npz", arrays)
+        with zipfile.ZipFile(tmp_path / "SMPLX_NEUTRAL.npz", "a") as archive:
+            archive.writestr("extra.npy", buffer.getvalue() + data)
+        with pytest.raises(ModelFileError, match="SMPLX_NEUTRAL.npz: truncated or corrupt object member extra.npy"):
+            load_smplx(tmp_path)
 
 
 def _pickle_with_fake_chumpy(content: dict) -> bytes:

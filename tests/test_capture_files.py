@@ -97,6 +97,10 @@ def _expect_error(tmp_path, arrays: dict, needle: str) -> None:
         (lambda a: a.pop("faceverse_rotation"), "missing 'faceverse_rotation'"),
         (lambda a: a.pop("mano_left_transl"), "missing 'mano_left_transl'"),
         (lambda a: a.__setitem__("split", np.full(FRAMES, 3, np.uint8)), "split entries must be 0"),
+        # checked before the uint8 cast, which would make 257 a test frame and 0.7 a training frame
+        (lambda a: a.__setitem__("split", np.full(FRAMES, 257, np.int64)), "split[0] is 257"),
+        (lambda a: a.__setitem__("split", np.full(FRAMES, 0.7)), "split[0] is 0.7"),
+        (lambda a: a.__setitem__("split", np.array(["0"] * FRAMES)), "split[0] is '0'"),
         (lambda a: a.__setitem__("format", np.array("something-else")), "expected 'neural-avatar-tracking'"),
         (lambda a: a.__setitem__("format_version", np.array(99)), "newer than this version reads"),
         (lambda a: a.__setitem__("gender", np.array("robot")), "gender must be"),
@@ -106,6 +110,14 @@ def test_tracking_rejects_malformed(tmp_path, mutate, needle):
     arrays = tracking_arrays(make_tracking(np.random.default_rng(2)))
     mutate(arrays)
     _expect_error(tmp_path, arrays, needle)
+
+
+def test_split_of_any_integer_or_bool_type_is_read(tmp_path):
+    arrays = tracking_arrays(make_tracking(np.random.default_rng(2)))
+    for split in (np.array([0, 0, 0, 0, 0, 1, 1], np.int64), np.array([0, 0, 0, 0, 0, 1, 1], bool)):
+        np.savez(tmp_path / "t.npz", **{**arrays, "split": split})
+        loaded = read_tracking(tmp_path / "t.npz")
+        assert loaded.split.dtype == np.uint8 and list(loaded.frames_of(SPLIT_TEST)) == [5, 6]
 
 
 def test_unreadable_files(tmp_path):
@@ -176,6 +188,9 @@ def test_amass_round_trip(tmp_path):
         (lambda a: a.__setitem__("trans", np.zeros((3, 3))), "'trans' must be (12, 3)"),
         (lambda a: a.__setitem__("poses", np.zeros((0, 156))), "at least one frame"),
         (lambda a: a["poses"].__setitem__((0, 0), np.inf), "'poses' holds NaN or infinity"),
+        (lambda a: a.__setitem__("expression", np.array(0.5)), "'expression' must be (12, E) to match 'poses', got shape ()"),
+        (lambda a: a.__setitem__("expression", np.zeros(12)), "'expression' must be (12, E) to match 'poses', got shape (12,)"),
+        (lambda a: a.__setitem__("expression", np.zeros((11, 10))), "'expression' must be (12, E)"),
     ],
 )
 def test_amass_rejects_malformed(tmp_path, mutate, needle):

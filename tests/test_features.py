@@ -286,6 +286,43 @@ def test_capture_data_memory_estimate_and_cancelled_preparation(tiny_capture, bo
     assert len(calls) == 3  # stopped at once, not after the whole capture
 
 
+def test_capture_data_rejects_a_mask_of_another_size(tiny_capture, body, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from backend.errors import CaptureFormatError
+
+    copy = shutil.copytree(tiny_capture.path, tmp_path / "capture")
+    Image.open(copy / "masks/000003.png").resize((40, 40)).save(copy / "masks/000003.png")
+    geometry = BodyRasterizer(body, tiny_capture.tracking.motion.betas, ("uv",))
+    with pytest.raises(CaptureFormatError) as error:  # not silently stretched to the frame size
+        CaptureData(copy, geometry, 32, cache_bytes=0).batch([2, 3])
+    assert error.value.path == copy / "masks/000003.png" and "40x40" in str(error.value) and "64x64" in str(error.value)
+
+
+def test_capture_data_reads_a_video_capture_in_any_order(tiny_capture, body, tmp_path):
+    import shutil
+
+    import imageio_ffmpeg
+
+    copy = shutil.copytree(tiny_capture.path, tmp_path / "capture", ignore=shutil.ignore_patterns("frames"))
+    writer = imageio_ffmpeg.write_frames(str(copy / "video.mp4"), (64, 64), fps=30, quality=10)
+    writer.send(None)
+    for index in range(tiny_capture.num_frames):
+        writer.send(np.ascontiguousarray(tiny_capture.frame(index)))
+    writer.close()
+    geometry = BodyRasterizer(body, tiny_capture.tracking.motion.betas, ("uv",))
+    cached = CaptureData(copy, geometry, 32)  # prepared by one pass through the video
+    uncached = CaptureData(copy, geometry, 32, cache_bytes=0)  # frames decoded per batch
+    assert cached.cache_images and not uncached.cache_images
+    frames = [20, 3, 20, 11, 0]
+    assert torch.equal(uncached.batch(frames).images, cached.batch(frames).images)
+    assert torch.equal(uncached.batch(frames).masks, cached.batch(frames).masks)
+    pngs = CaptureData(tiny_capture, geometry, 32, cache_bytes=0).batch(frames).images
+    assert float((pngs - cached.batch(frames).images).abs().mean()) < 0.03  # the same frames, up to compression
+
+
 def test_scaled_resolution_and_intrinsics():
     assert scaled_resolution((1080, 1920), 512, 8) == (288, 512)
     assert scaled_resolution((256, 256), 128, 8) == (128, 128)

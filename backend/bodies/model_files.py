@@ -209,14 +209,23 @@ def _plain_value(value: Any) -> Any:
     return None
 
 
-def _read_pickle(path: Path, family: str) -> ModelData:
+def _load_model_pickle(stream: IO[bytes], path: Path, family: str, what: str) -> Any:
+    """:func:`restricted_load` with every failure turned into a ModelFileError naming the file."""
     try:
-        with open(path, "rb") as stream:
-            content = restricted_load(stream)
-    except pickle.UnpicklingError as error:
-        raise ModelFileError(path, f"unsafe or unreadable pickle: {error}", hint=MODEL_SOURCES[family]) from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as error:
-        raise ModelFileError(path, f"truncated or corrupt pickle ({type(error).__name__}: {error})", hint=MODEL_SOURCES[family]) from None
+        return restricted_load(stream)
+    except ForbiddenGlobal as error:
+        raise ModelFileError(path, f"unsafe {what}: {error}", hint=MODEL_SOURCES[family]) from None
+    except Exception as error:
+        # A damaged or hand-made stream fails in many ways: truncated data (EOFError), opcodes out of place
+        # (UnpicklingError, IndexError), allowed globals given bad arguments (_codecs.encode('a', 'nope') ->
+        # LookupError, dict(5) -> TypeError), ... Only the allow-list decides what is built; all else is a bad file.
+        problem = f"truncated or corrupt {what} ({type(error).__name__}: {error})"
+        raise ModelFileError(path, problem, hint=MODEL_SOURCES[family]) from None
+
+
+def _read_pickle(path: Path, family: str) -> ModelData:
+    with open(path, "rb") as stream:
+        content = _load_model_pickle(stream, path, family, "pickle")
     if not isinstance(content, dict):
         raise ModelFileError(path, f"expected a pickled dict of arrays, found {type(content).__name__}", hint=MODEL_SOURCES[family])
     arrays, skipped = {}, []
@@ -229,11 +238,11 @@ def _read_pickle(path: Path, family: str) -> ModelData:
     return ModelData(path, arrays, needs_conversion=True, skipped=skipped)
 
 
-def _read_object_member(archive: zipfile.ZipFile, member: str) -> Any:
-    """Read an object-dtype ``.npy`` member of an npz through the restricted unpickler."""
-    with archive.open(member) as stream:
+def _read_object_member(path: Path, family: str, member: str) -> Any:
+    """Read an object-dtype ``.npy`` member of the npz ``path`` through the restricted unpickler."""
+    with zipfile.ZipFile(path) as archive, archive.open(member) as stream:
         read_npy_header(stream)
-        return restricted_load(stream)
+        return _load_model_pickle(stream, path, family, f"object member {member}")
 
 
 def _read_npz(path: Path, family: str) -> ModelData:
@@ -251,14 +260,11 @@ def _read_npz(path: Path, family: str) -> ModelData:
                     if "allow_pickle" not in str(error):
                         raise
                     needs_conversion = True  # smplx would unpickle this member; give it a clean copy instead
-                    with zipfile.ZipFile(path) as archive:
-                        value = _plain_value(_read_object_member(archive, f"{key}.npy"))
+                    value = _plain_value(_read_object_member(path, family, f"{key}.npy"))
                     if value is None:
                         skipped.append(key)
                     else:
                         arrays[key] = value
-    except pickle.UnpicklingError as error:
-        raise ModelFileError(path, f"unsafe object member: {error}", hint=hint) from None
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as error:
         raise ModelFileError(path, f"truncated or corrupt .npz ({type(error).__name__}: {error})", hint=hint) from None
     return ModelData(path, arrays, needs_conversion=needs_conversion, skipped=skipped)

@@ -273,8 +273,8 @@ def _amass_from_arrays(data: dict[str, np.ndarray]) -> SmplxMotion:
     if gender not in ("neutral", "male", "female"):
         raise ValueError(f"'gender' is {gender!r}; expected neutral, male or female")
     expression = data.get("expression")
-    if expression is not None and np.shape(expression)[0] != frames:
-        raise ValueError(f"'expression' has {np.shape(expression)[0]} frames, 'poses' has {frames}")
+    if expression is not None and (expression.ndim != 2 or expression.shape[0] != frames):
+        raise ValueError(f"'expression' must be ({frames}, E) to match 'poses', got shape {expression.shape}")
     return SmplxMotion.from_full_pose(
         full,
         transl=trans,

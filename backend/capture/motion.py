@@ -239,11 +239,15 @@ class Tracking:
             if part.num_frames != frames:
                 raise ValueError(f"{name} has {part.num_frames} frames, the body motion has {frames}")
         if self.split is not None:
-            self.split = np.asarray(self.split, np.uint8).reshape(-1)
-            if self.split.shape[0] != frames:
-                raise ValueError(f"split has {self.split.shape[0]} entries, the body motion has {frames} frames")
-            if not np.isin(self.split, (SPLIT_TRAIN, SPLIT_TEST)).all():
-                raise ValueError("split entries must be 0 (train) or 1 (test)")
+            # Checked before the uint8 cast, which would turn 257 into 1 and 0.7 into 0.
+            split = np.asarray(self.split).reshape(-1)
+            if split.shape[0] != frames:
+                raise ValueError(f"split has {split.shape[0]} entries, the body motion has {frames} frames")
+            valid = np.isin(split, (SPLIT_TRAIN, SPLIT_TEST)) if split.dtype.kind in "biuf" else np.zeros(split.shape, bool)
+            if not valid.all():
+                first = int(np.flatnonzero(~valid)[0])
+                raise ValueError(f"split entries must be 0 (train) or 1 (test) exactly; split[{first}] is {split[first].item()!r}")
+            self.split = split.astype(np.uint8)
 
     @property
     def num_frames(self) -> int:

@@ -152,11 +152,12 @@ class CaptureData:
     def _prepare(self, visibility: bool) -> None:
         count = self.capture.num_frames
         if self.cache_images:
-            rgba = []
+            # Filled in place, in frame order (a video capture streams through once): no second copy.
+            rgba = np.empty((count, 4, *self.resolution), np.uint8)
             for index in range(count):
                 self._stop_if_cancelled()
-                rgba.append(self._read_rgba(index))
-            self._images = torch.from_numpy(np.stack(rgba))
+                rgba[index] = self._read_rgba(index)
+            self._images = torch.from_numpy(rgba)
         if not (self.cache_maps or visibility):
             return
         maps, visible = [], []
@@ -180,10 +181,7 @@ class CaptureData:
     def _read_rgba(self, index: int) -> np.ndarray:
         """(4, H, W) uint8: RGB and mask at the training resolution."""
         image = resize_image(self.capture.frame(index), self.resolution)
-        mask = self.capture.mask(index)
-        if mask.shape != self.capture.image_size:
-            raise CaptureFormatError(self.capture.path / "masks", f"mask {index} is {mask.shape}, frames are {self.capture.image_size}")
-        mask = resize_image(mask, self.resolution)
+        mask = resize_image(self.capture.mask(index), self.resolution)  # CaptureFolder checked both sizes
         return np.concatenate([image, mask[..., None]], axis=2).transpose(2, 0, 1)
 
     # ------------------------------------------------------------------ access
@@ -202,7 +200,9 @@ class CaptureData:
         if self._images is not None:
             rgba = self._images[torch.from_numpy(frames)]
         else:
-            rgba = torch.from_numpy(np.stack([self._read_rgba(int(i)) for i in frames]))
+            # Read in increasing order: a video capture decodes forward, restarting at most once per batch.
+            read = {index: self._read_rgba(index) for index in sorted(set(frames.tolist()))}
+            rgba = torch.from_numpy(np.stack([read[index] for index in frames.tolist()]))
         rgba = rgba.to(self.device).float() / 255.0
         return FrameBatch(
             frames=torch.from_numpy(frames),
