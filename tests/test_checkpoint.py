@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 
 import numpy as np
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from backend.errors import CheckpointError
 from backend.train import checkpoint as ckpt
@@ -132,7 +135,7 @@ def test_crash_before_json_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError("simulated power cut")
 
     monkeypatch.setattr(ckpt, "write_json_atomic", crash)
-    with pytest.raises(OSError, match="power cut"):
+    with pytest.raises(CheckpointError, match=r"step-000000200\.json: could not be written: simulated power cut"):
         save_checkpoint(tmp_path, sample_tensors(2), {"step": 200})
     monkeypatch.undo()
     assert (tmp_path / "step-000000200.safetensors").exists()  # written, but never committed
@@ -157,11 +160,33 @@ def test_crash_while_writing_tensors_leaves_no_debris(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt, "save_file", half_write)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match=r"step-000000002\.safetensors: could not be written: disk full"):
         save_checkpoint(tmp_path, sample_tensors(2), {"step": 2})
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "step-000000001.json", "step-000000001.safetensors"]
     assert load_checkpoint(tmp_path).step == 1
+
+
+@pytest.mark.parametrize(
+    "failure, cause",
+    [
+        (lambda temporary: OSError(errno.EFBIG, os.strerror(errno.EFBIG), temporary), os.strerror(errno.EFBIG)),
+        (lambda temporary: SafetensorError("Error while serializing: I/O error: File too large (os error 27)"), "File too large"),
+    ],
+)
+def test_write_failures_name_the_checkpoint_and_the_cause(tmp_path, monkeypatch, failure, cause):
+    save_checkpoint(tmp_path, sample_tensors(1), {"step": 1})
+
+    def failing_write(tensors, filename, metadata=None):
+        raise failure(filename)
+
+    monkeypatch.setattr(ckpt, "save_file", failing_write)
+    with pytest.raises(CheckpointError, match=cause) as error:
+        save_checkpoint(tmp_path, sample_tensors(2), {"step": 2})
+    assert error.value.path == tmp_path / "step-000000002.safetensors" and ".tmp" not in str(error.value)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path).step == 1  # the earlier checkpoint is intact
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_keep_last_and_best(tmp_path):
@@ -298,3 +323,36 @@ def test_restore_errors_name_the_checkpoint(tmp_path):
     save_checkpoint(tmp_path, {}, {"step": 1})
     with pytest.raises(CheckpointError, match="holds no training state"):
         restore_training_state(load_checkpoint(tmp_path), modules={"model": TinyModel()})
+
+
+def _tamper_python_rng(record):
+    record["meta"]["training_state"]["global_rngs"]["python"] = {"__tuple__": [3, "x", None]}
+
+
+def _tamper_map_entry(record):
+    record["meta"]["training_state"]["global_rngs"]["python"] = {"__tuple__": [{"__map__": [[1, 2, 3]]}]}
+
+
+def _tamper_modules(record):
+    record["meta"]["training_state"]["modules"] = 5
+
+
+def _tamper_step(record):
+    record["step"] = -5
+
+
+def _tamper_cuda_devices(record):
+    record["meta"]["training_state"]["global_rngs"]["cuda_devices"] = "two"
+
+
+@pytest.mark.parametrize("tamper", [_tamper_python_rng, _tamper_map_entry, _tamper_modules, _tamper_step, _tamper_cuda_devices])
+def test_tampered_training_state_is_rejected(tmp_path, tamper):
+    run = make_run(0)
+    tensors, state = flatten_training_state(**objects(run))
+    path = save_checkpoint(tmp_path, tensors, {"step": 3, "training_state": state})
+    record = json.loads(path.read_text())
+    tamper(record)
+    path.write_text(json.dumps(record))
+    with pytest.raises(CheckpointError) as error:
+        restore_training_state(load_checkpoint(tmp_path), **objects(make_run(1)))
+    assert error.value.path == path

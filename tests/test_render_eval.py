@@ -4,6 +4,8 @@ default camera for motions without one, evaluation, and the render / eval comman
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+import torch
 from scipy.spatial.transform import Rotation
 
 from backend.avatar import load_avatar
@@ -19,6 +22,7 @@ from backend.capture.motion import SPLIT_TEST, SmplxMotion
 from backend.capture.sample import SampleCaptureConfig
 from backend.data import scale_intrinsics
 from backend.data.sample import cached_sample_capture
+from backend.errors import CaptureFormatError
 from backend.render import bake, evaluate, motion_cameras
 from backend.render.bake import over_background, straight_rgba
 from backend.render.evaluate import EvaluationFrames, consecutive_runs, image_metrics
@@ -179,6 +183,27 @@ def test_evaluation_metrics_and_comparison(avatar, avatar_dir, tiny_capture, tmp
     assert report["psnr"] > untrained["psnr"] + 5 and report["ssim"] > untrained["ssim"]
 
 
+def test_evaluation_needs_masks(avatar, tiny_capture, tmp_path):
+    capture = tmp_path / "capture"
+    shutil.copytree(tiny_capture, capture)
+    shutil.rmtree(capture / "masks")
+    with pytest.raises(CaptureFormatError, match=f"{capture}: has no masks/ folder"):
+        evaluate(avatar, capture, tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_diverged_avatar_scores_nan(avatar_dir, tiny_capture, tmp_path):
+    diverged = load_avatar(avatar_dir, "cpu")
+    with torch.no_grad():
+        for module in diverged.method.render_modules().values():
+            for parameter in module.parameters():
+                parameter.fill_(math.nan)
+    report = evaluate(diverged, tiny_capture, tmp_path)
+    assert math.isnan(report["psnr"])  # honestly unknown, never +inf ("perfect")
+    saved = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in metrics.json"))
+    assert saved["psnr"] is None and saved["frame_psnr"] == [None] * 8
+
+
 def test_image_metrics_on_known_images():
     rng = np.random.default_rng(0)
     truth = rng.uniform(0.2, 0.8, size=(5, 16, 16, 3)).astype(np.float32)
@@ -193,6 +218,9 @@ def test_image_metrics_on_known_images():
     result = image_metrics(EvaluationFrames(frames, truth, flicker))
     assert result["temporal_error"] == pytest.approx((0.1 + 0.1 + 0) / 3, abs=1e-5)
     assert [list(run) for run in consecutive_runs(frames)] == [[0, 1, 2], [3, 4]]
+    one_nan = truth + 0.1
+    one_nan[2] = np.nan
+    assert math.isnan(image_metrics(EvaluationFrames(frames, truth, one_nan))["psnr"])  # not the mean of the others
 
 
 def test_alpha_conversions():

@@ -4,6 +4,7 @@ after cancellation and after a killed process, and rejection of damaged avatars.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -24,13 +25,14 @@ from backend.capture.motion import SPLIT_TRAIN
 from backend.capture.sample import SampleCaptureConfig
 from backend.data import CaptureData
 from backend.data.sample import cached_sample_capture
-from backend.errors import CheckpointError
+from backend.errors import AvatarError, CheckpointError
 from backend.features import BodyRasterizer
 from backend.paths import ModelFolders
 from backend.progress import CallbackProgress, ProgressEvent, parse_event
 from backend.train.anr import ANR_METHOD_PRESETS, ANRMethod, ANRMethodConfig
+from backend.train import checkpoint as checkpoint_module
 from backend.train.checkpoint import load_checkpoint
-from backend.train.config import TrainingConfig, config_from_dict, config_to_dict
+from backend.train.config import TrainingConfig, config_from_dict, config_to_dict, training_preset
 from backend.train.method import method_class, method_names
 from backend.train.trainer import train
 
@@ -265,6 +267,94 @@ def test_training_refuses_to_overwrite_and_resumes_only_matching_captures(traine
     bigger = cached_sample_capture(replace(TINY, size=96), capture_root)
     with pytest.raises(CheckpointError, match="was trained on 32 frames of \\[64, 64\\] at resolution \\[64, 64\\]"):
         train(bigger, trained, resume=True)
+
+
+def test_tampered_checkpoint_meta_is_rejected(trained, tiny_capture, tmp_path):
+    for name, meta in {"validation": {"validation": [1, 2]}, "best": {"best_psnr": "abc"}}.items():
+        avatar = tmp_path / name
+        shutil.copytree(trained, avatar)
+        latest = load_checkpoint(avatar / "checkpoints").path
+        record = json.loads(latest.read_text())
+        record["meta"].update(meta)
+        latest.write_text(json.dumps(record))
+        with pytest.raises(CheckpointError, match=f"{latest.name}: meta.{next(iter(meta))}"):
+            train(tiny_capture, avatar, resume=True, iterations=12)
+    with pytest.raises(CheckpointError, match="meta.validation"):
+        load_avatar(tmp_path / "validation")
+
+
+def test_resume_refuses_other_settings_and_records_a_new_iteration_count(trained, tiny_capture, tmp_path):
+    avatar = tmp_path / "avatar"
+    shutil.copytree(trained, avatar)
+    gpu = training_preset("gpu", resolution=128, batch_size=4, seed=7)
+    with pytest.raises(CheckpointError, match="avatar.json: .*preset 'cpu' → 'gpu', resolution 64 → 128, seed 0 → 7"):
+        train(tiny_capture, avatar, gpu, resume=True, iterations=12)
+    with pytest.raises(CheckpointError, match=r"\(batch_size 1 → 2\); only the iteration count may change"):
+        train(tiny_capture, avatar, replace(SMALL, batch_size=2), resume=True, iterations=12)
+    assert load_checkpoint(avatar / "checkpoints").step == 10  # refused before training
+
+    # The same settings, more steps; how the run uses the machine (threads) may differ.
+    result = train(tiny_capture, avatar, replace(SMALL, threads=1), resume=True, iterations=12)
+    assert result.start_step == 10 and result.step == 12
+    assert json.loads((avatar / "avatar.json").read_text())["training"]["iterations"] == 12
+    assert train(tiny_capture, avatar, resume=True).step == 12  # the new total is the avatar's now
+
+
+def test_failed_first_checkpoint_leaves_a_folder_that_trains_again(tiny_capture, tmp_path, monkeypatch):
+    def disk_full(tensors, filename, metadata=None):
+        raise OSError(28, "No space left on device", filename)
+
+    avatar = tmp_path / "avatar"
+    monkeypatch.setattr(checkpoint_module, "save_file", disk_full)
+    with pytest.raises(CheckpointError, match=r"initial\.safetensors: could not be written: No space left on device") as error:
+        train(tiny_capture, avatar, replace(SMALL, iterations=2))
+    assert ".tmp" not in str(error.value)  # names the checkpoint, not the temporary file
+    assert not (avatar / "avatar.json").exists()
+    monkeypatch.undo()
+    assert train(tiny_capture, avatar, replace(SMALL, iterations=2)).step == 2  # no "already holds an avatar"
+    assert load_checkpoint(avatar / "checkpoints", "initial").step == 0
+
+
+DIVERGENCE = replace(SMALL, iterations=12, validate_every=4, checkpoint_every=4, validation_frames=2)
+
+
+def test_nan_renders_never_become_the_best_checkpoint(tiny_capture, tmp_path, monkeypatch):
+    render = ANRMethod.render
+    calls = []
+
+    def nan_from_the_third_validation(self, maps, identity):  # validations at steps 0, 4, 8, 12
+        calls.append(1)
+        image = render(self, maps, identity)
+        return image * math.nan if len(calls) >= 3 else image
+
+    monkeypatch.setattr(ANRMethod, "render", nan_from_the_third_validation)
+    result = train(tiny_capture, tmp_path / "avatar", DIVERGENCE)
+    psnr = {entry["step"]: entry["psnr"] for entry in result.validation}
+    assert math.isnan(psnr[8]) and math.isnan(psnr[12]) and math.isfinite(psnr[4])
+    assert result.best_psnr == max(psnr[0], psnr[4])
+    assert load_checkpoint(tmp_path / "avatar" / "checkpoints", "best").step == 4
+    monkeypatch.undo()
+    assert load_avatar(tmp_path / "avatar", "cpu").info()["validation_psnr"] is None  # JSON has no NaN
+
+
+@pytest.mark.parametrize("poisoned_step, symptom", [(6, "step 7: the loss is not finite \\(.*total=nan"), (8, "step 8: the weights hold NaN")])
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(tiny_capture, tmp_path, monkeypatch, poisoned_step, symptom):
+    train_step = ANRMethod.train_step
+
+    def diverging_step(self, batch, step):
+        losses = train_step(self, batch, step)
+        if step + 1 == poisoned_step:  # this update leaves NaN weights behind (its own loss was finite)
+            with torch.no_grad():
+                for parameter in self.renderer.parameters():
+                    parameter.fill_(math.nan)
+        return losses
+
+    monkeypatch.setattr(ANRMethod, "train_step", diverging_step)
+    with pytest.raises(AvatarError, match=f"training diverged at {symptom}.*last good checkpoint is step 4"):
+        train(tiny_capture, tmp_path / "avatar", DIVERGENCE)
+    checkpoints = tmp_path / "avatar" / "checkpoints"
+    assert load_checkpoint(checkpoints, "latest").step == 4 and load_checkpoint(checkpoints, "best").step == 4
+    assert all(torch.isfinite(value).all() for value in load_checkpoint(checkpoints).tensors.values() if value.is_floating_point())
 
 
 def test_methods_and_configs():

@@ -10,6 +10,7 @@ long sequences: memory stays bounded); :func:`backend.render.bake` writes them t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from backend.avatar.body import load_recorded_body
-from backend.avatar.folder import CHECKPOINTS, AvatarRecord, read_record, record_path
+from backend.avatar.folder import CHECKPOINTS, AvatarRecord, read_record, record_path, validation_history
 from backend.errors import CheckpointError
 from backend.features.geometry import BodyRasterizer
 from backend.paths import ModelFolders
@@ -70,7 +71,7 @@ class Avatar:
         self.geometry = geometry
         self.step = checkpoint.step
         self.checkpoint_name = checkpoint.name
-        self._validation = checkpoint.meta.get("validation") or []
+        self._validation = validation_history(checkpoint)
 
     @property
     def device(self) -> torch.device:
@@ -79,7 +80,7 @@ class Avatar:
     def info(self) -> dict[str, Any]:
         """A JSON-ready description: method, steps, resolution, capture, body model (stand-in flag)."""
         body = self.record.body
-        last = self._validation[-1] if self._validation else None
+        last_psnr = self._validation[-1]["psnr"] if self._validation else None
         return {
             "path": str(self.path),
             "method": self.record.method,
@@ -92,7 +93,8 @@ class Avatar:
                 "smplx": {"label": body.label, "source": body.source, "is_standin": body.is_standin, "gender": body.gender}
             },
             "keyframes": len(self.record.keyframes),
-            "validation_psnr": None if last is None else last.get("psnr"),
+            # JSON (and the wire) has no NaN: a diverged model's PSNR goes out as null.
+            "validation_psnr": last_psnr if last_psnr is not None and math.isfinite(last_psnr) else None,
             "created": self.record.created,
             "device": str(self.device),
         }

@@ -9,8 +9,9 @@ Layout::
                            ``latest.json`` / ``best.json`` name the newest / best-validated one
       validation/          the latest validation preview (PNG)
 
-``avatar.json`` is written once when training starts (atomically) and describes every
-checkpoint in the folder; a resumed run only reads it.
+``avatar.json`` is written (atomically) once the first checkpoint of a new run exists, so a
+folder holding it can always be resumed; it describes every checkpoint in the folder. A
+resumed run rewrites it only to record a new iteration count.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.errors import CheckpointError
-from backend.train.checkpoint import write_json_atomic
+from backend.train.checkpoint import Checkpoint, checkpoint_write_errors, write_json_atomic
 
 AVATAR_FORMAT = "neural-avatar-avatar"
 AVATAR_VERSION = 1
@@ -76,10 +77,27 @@ def record_path(folder: str | Path) -> Path:
 
 def write_record(folder: str | Path, record: AvatarRecord) -> Path:
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     path = record_path(folder)
-    write_json_atomic(path, record.to_json())
+    with checkpoint_write_errors(path):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, record.to_json())
     return path
+
+
+def validation_history(checkpoint: Checkpoint) -> list[dict[str, Any]]:
+    """The held-out PSNR history training stored in ``checkpoint`` (``{"step", "psnr", "split"}``
+    entries, oldest first; a diverged model's PSNR is NaN); malformed → :class:`CheckpointError`."""
+    history = checkpoint.meta.get("validation") or []
+    well_formed = isinstance(history, list) and all(
+        isinstance(entry, dict)
+        and isinstance(entry.get("step"), int)
+        and isinstance(entry.get("psnr"), (int, float))
+        and not isinstance(entry.get("psnr"), bool)
+        for entry in history
+    )
+    if not well_formed:
+        raise CheckpointError(checkpoint.path, "meta.validation must be a list of {\"step\": int, \"psnr\": number} entries")
+    return history
 
 
 def read_record(folder: str | Path) -> AvatarRecord:

@@ -51,7 +51,18 @@ def comparison_image(result: EvaluationFrames, rows: int = COMPARISON_ROWS) -> n
     """uint8 grid: one row per frame (evenly spaced), columns ground truth | render | error."""
     picks = np.unique(np.linspace(0, len(result.frames) - 1, min(rows, len(result.frames))).round().astype(int))
     lines = [np.concatenate([result.truth[i], result.render[i], error_panel(result.render[i], result.truth[i])], axis=1) for i in picks]
-    return (np.clip(np.concatenate(lines, axis=0), 0, 1) * 255 + 0.5).astype(np.uint8)
+    grid = np.nan_to_num(np.concatenate(lines, axis=0))  # a diverged render's NaN pixels show black
+    return (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def mean_psnr(frame_psnr: torch.Tensor) -> float:
+    """Mean of per-frame PSNRs (dB). NaN when any frame is NaN (a render holding NaN: a diverged
+    model must not score well); +inf frames (a perfect match, e.g. nobody in view) are left out
+    unless every frame is perfect."""
+    if frame_psnr.isnan().any():
+        return math.nan
+    finite = frame_psnr[torch.isfinite(frame_psnr)]
+    return float(finite.mean()) if finite.numel() else math.inf
 
 
 def consecutive_runs(frames: np.ndarray) -> list[np.ndarray]:
@@ -72,6 +83,11 @@ def render_held_out(
     tracking = capture.tracking
     if tracking.camera is None:
         raise CaptureFormatError(capture.path / "tracking.npz", "has no camera, so renders cannot be compared with the frames")
+    if not capture.has_masks:
+        # Without masks the comparison would include the background, which the avatar never renders.
+        raise CaptureFormatError(
+            capture.path, "has no masks/ folder; evaluation compares with frame x mask and needs a foreground mask per frame"
+        )
     frames = tracking.frames_of(SPLIT_TEST)
     if len(frames) == 0:
         frames = np.arange(capture.num_frames)
@@ -86,8 +102,7 @@ def render_held_out(
     truth = []
     for index in frames:
         image = resize_image(capture.frame(int(index)), size).astype(np.float32) / 255.0
-        mask = capture.mask(int(index))
-        mask = np.ones(size, np.float32) if mask is None else resize_image(mask, size).astype(np.float32) / 255.0
+        mask = resize_image(capture.mask(int(index)), size).astype(np.float32) / 255.0
         truth.append(image * mask[..., None])
     return EvaluationFrames(frames=frames, truth=np.stack(truth), render=np.stack(renders))
 
@@ -96,7 +111,6 @@ def image_metrics(result: EvaluationFrames) -> dict[str, Any]:
     """Mean PSNR / SSIM / LPIPS and the temporal figures of rendered frames against the truth."""
     render, truth = images_to_tensor(result.render), images_to_tensor(result.truth)
     frame_psnr = psnr(render, truth)
-    finite = frame_psnr[torch.isfinite(frame_psnr)]
     network = load_lpips()
     frame_lpips = lpips(render, truth, network=network) if network is not None else None
     runs = consecutive_runs(result.frames)
@@ -107,7 +121,7 @@ def image_metrics(result: EvaluationFrames) -> dict[str, Any]:
         if network is not None:
             tl = sum(float(tlpips(render[run], truth[run], network=network)) * (len(run) - 1) for run in runs) / pairs
     return {
-        "psnr": float(finite.mean()) if finite.numel() else math.inf,
+        "psnr": mean_psnr(frame_psnr),
         "ssim": float(ssim(render, truth).mean()),
         "lpips": None if frame_lpips is None else float(frame_lpips.mean()),
         "temporal_error": temporal,
@@ -143,8 +157,18 @@ def evaluate(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        safe = {key: (None if isinstance(value, float) and not math.isfinite(value) else value) for key, value in report.items()}
-        write_json_atomic(out / METRICS_NAME, safe)
+        write_json_atomic(out / METRICS_NAME, _json_safe(report))
         Image.fromarray(comparison_image(result)).save(out / COMPARISON_NAME)
         report["files"] = {"metrics": str(out / METRICS_NAME), "comparison": str(out / COMPARISON_NAME)}
     return report
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as null (JSON has neither), lists included (frame_psnr)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value

@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from backend.errors import CheckpointError
@@ -106,6 +107,17 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 def write_json_atomic(path: Path, value: Any) -> None:
     text = json.dumps(value, indent=1, sort_keys=True)
     write_atomic(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+@contextlib.contextmanager
+def checkpoint_write_errors(path: Path):
+    """Turn a failed write into a :class:`CheckpointError` naming ``path``, the file being written
+    (the OS error would only name the temporary file)."""
+    try:
+        yield
+    except (OSError, SafetensorError) as error:
+        cause = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise CheckpointError(path, f"could not be written: {cause}") from error
 
 
 def _digest(path: Path) -> tuple[int, str]:
@@ -199,16 +211,18 @@ def save_checkpoint(
     except (TypeError, ValueError) as error:
         raise TypeError(f"checkpoint config/meta must be JSON-serialisable: {error}") from None
 
-    directory.mkdir(parents=True, exist_ok=True)
     json_path = directory / f"{name}.json"
     tensor_path = directory / f"{name}.safetensors"
-    if json_path.exists():
-        if not overwrite:
-            raise CheckpointError(json_path, "a checkpoint of this name already exists (pass overwrite=True to replace it)")
-        json_path.unlink()
-        _fsync_directory(directory)
+    with checkpoint_write_errors(json_path):
+        directory.mkdir(parents=True, exist_ok=True)
+        if json_path.exists():
+            if not overwrite:
+                raise CheckpointError(json_path, "a checkpoint of this name already exists (pass overwrite=True to replace it)")
+            json_path.unlink()
+            _fsync_directory(directory)
 
-    size, sha = _write_tensor_file(tensor_path, tensors, {"format": FORMAT, "step": str(step), "name": name})
+    with checkpoint_write_errors(tensor_path):
+        size, sha = _write_tensor_file(tensor_path, tensors, {"format": FORMAT, "step": str(step), "name": name})
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -218,19 +232,26 @@ def save_checkpoint(
         "tensors": {"file": tensor_path.name, "size": size, "sha256": sha},
         "meta": extra,
     }
-    write_json_atomic(json_path, record)
-    write_json_atomic(directory / "latest.json", {"name": name, "step": step})
+    with checkpoint_write_errors(json_path):
+        write_json_atomic(json_path, record)
+    _write_pointer(directory, "latest", name, step)
     if best:
-        write_json_atomic(directory / "best.json", {"name": name, "step": step})
+        _write_pointer(directory, "best", name, step)
     if keep_last is not None:
         _prune(directory, keep_last, keep={name, _pointer_target(directory, "best")})
     return json_path
 
 
+def _write_pointer(directory: Path, pointer: str, name: str, step: int) -> None:
+    path = directory / f"{pointer}.json"
+    with checkpoint_write_errors(path):
+        write_json_atomic(path, {"name": name, "step": step})
+
+
 def mark_best(directory: str | Path, name: str) -> None:
     """Point ``best`` at an existing checkpoint (verified first)."""
     checkpoint = load_checkpoint(directory, name)
-    write_json_atomic(Path(directory) / "best.json", {"name": checkpoint.name, "step": checkpoint.step})
+    _write_pointer(Path(directory), "best", checkpoint.name, checkpoint.step)
 
 
 def list_checkpoints(directory: str | Path) -> list[str]:
@@ -309,9 +330,75 @@ def _read_record(json_path: Path) -> dict[str, Any]:
         raise CheckpointError(
             json_path, "is missing fields or has fields of the wrong type (step, config, tensors.file/size/sha256, meta)"
         )
+    if isinstance(record["step"], bool) or record["step"] < 0:
+        raise CheckpointError(json_path, f"records step {record['step']!r}; a step count is a non-negative integer")
     if tensors["file"] != f"{json_path.stem}.safetensors":
         raise CheckpointError(json_path, f"names tensor file {tensors['file']!r}, expected {json_path.stem}.safetensors")
+    if "training_state" in record["meta"]:
+        problem = _training_state_problem(record["meta"]["training_state"])
+        if problem:
+            raise CheckpointError(json_path, f"has a malformed training state: {problem}")
     return record
+
+
+_STATE_GROUPS = ("optimizers", "scalers", "schedulers", "numpy_rngs")
+
+
+def _training_state_problem(state: Any) -> str | None:
+    """What is wrong with the layout :func:`flatten_training_state` writes, or None.
+
+    Checks the structure only; whether the values fit the objects is found out while restoring.
+    """
+    if not isinstance(state, dict):
+        return f"expected an object, got {type(state).__name__}"
+    modules = state.get("modules", [])
+    if not isinstance(modules, list) or not all(isinstance(name, str) for name in modules):
+        return "'modules' must be a list of module names"
+    for group in _STATE_GROUPS:
+        saved = state.get(group, {})
+        if not isinstance(saved, dict):
+            return f"{group!r} must be an object, got {type(saved).__name__}"
+        for name, value in saved.items():
+            problem = _encoded_problem(value)
+            if problem:
+                return f"{group}.{name}: {problem}"
+    if "global_rngs" in state:
+        rngs = state["global_rngs"]
+        if not isinstance(rngs, dict) or "python" not in rngs:
+            return "'global_rngs' must be an object with a 'python' entry"
+        count = rngs.get("cuda_devices", 0)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            return f"global_rngs.cuda_devices must be a non-negative integer, got {count!r}"
+        return _encoded_problem(rngs["python"], "global_rngs.python")
+    return None
+
+
+def _encoded_problem(value: Any, where: str = "") -> str | None:
+    """What in a value written by :func:`_encode` does not follow its grammar, or None."""
+    prefix = f"{where}: " if where else ""
+    if isinstance(value, list):
+        items = value
+    elif isinstance(value, dict):
+        if len(value) != 1:
+            return f"{prefix}unexpected object with keys {sorted(value)}"
+        kind, content = next(iter(value.items()))
+        if kind == "__tensor__":
+            return None if isinstance(content, str) else f"{prefix}a tensor reference must be a name"
+        if kind == "__tuple__" and isinstance(content, list):
+            items = content
+        elif kind == "__map__" and isinstance(content, list):
+            if not all(isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (str, int)) for pair in content):
+                return f"{prefix}map entries must be [key, value] pairs"
+            items = [pair[1] for pair in content]
+        else:
+            return f"{prefix}unexpected object {{{kind!r}: {type(content).__name__}}}"
+    else:
+        return None
+    for item in items:
+        problem = _encoded_problem(item, where)
+        if problem:
+            return problem
+    return None
 
 
 def load_checkpoint(directory: str | Path, name: str = "latest") -> Checkpoint:
@@ -444,7 +531,33 @@ def restore_training_state(
     global_rngs: bool = True,
     strict: bool = True,
 ) -> None:
-    """Put the state saved by :func:`flatten_training_state` back into fresh objects (same names)."""
+    """Put the state saved by :func:`flatten_training_state` back into fresh objects (same names).
+
+    Any problem (missing entries, values the objects refuse) raises :class:`CheckpointError`
+    naming the checkpoint's JSON file.
+    """
+    try:
+        _restore_training_state(
+            checkpoint, modules=modules, optimizers=optimizers, scalers=scalers, schedulers=schedulers,
+            numpy_rngs=numpy_rngs, global_rngs=global_rngs, strict=strict,
+        )
+    except CheckpointError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a tampered value can fail inside torch, numpy or random in many ways
+        raise CheckpointError(checkpoint.path, f"its training state cannot be restored ({type(error).__name__}: {error})") from None
+
+
+def _restore_training_state(
+    checkpoint: Checkpoint,
+    *,
+    modules: Mapping[str, torch.nn.Module] | None,
+    optimizers: Mapping[str, torch.optim.Optimizer] | None,
+    scalers: Mapping[str, Any] | None,
+    schedulers: Mapping[str, Any] | None,
+    numpy_rngs: Mapping[str, np.random.Generator] | None,
+    global_rngs: bool,
+    strict: bool,
+) -> None:
     source = checkpoint.path
     state = checkpoint.meta.get("training_state")
     if not isinstance(state, dict):

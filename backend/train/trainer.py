@@ -4,12 +4,15 @@
 selects keyframes when the method uses split optimisation, writes ``avatar.json`` and runs
 ``method.train_step`` for the configured number of steps, with:
 
-* periodic validation on held-out frames (PSNR; the best checkpoint is marked ``best``) and a
-  preview image in the progress events;
+* periodic validation on held-out frames (PSNR; the best checkpoint is marked ``best``, never
+  one whose renders hold NaN) and a preview image in the progress events;
+* a stop with an :class:`~backend.errors.AvatarError` when a loss, or a state about to be
+  saved, is not finite (the weights have diverged); the checkpoints saved before stay as they are;
 * atomic checkpoints every ``checkpoint_every`` steps, at the end, and when cancelled;
 * exact resume (``resume=True``): modules, optimizers, gradient scalers and the random
   generators come back from the latest checkpoint, and the frames of each step are a pure
-  function of (seed, step), so the run continues bit for bit as if it had never stopped;
+  function of (seed, step), so the run continues bit for bit as if it had never stopped
+  (only the iteration count may change; other settings must match ``avatar.json``);
 * cancellation through ``progress.cancelled()`` (Ctrl-C, the server's cancel), checked before
   every step (the loop saves a checkpoint and returns) and while the capture is prepared (the
   run returns without writing anything).
@@ -20,9 +23,9 @@ from __future__ import annotations
 import datetime
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -36,6 +39,7 @@ from backend.avatar.folder import (
     CaptureRecord,
     read_record,
     record_path,
+    validation_history,
     write_record,
 )
 from backend.bodies import load_smplx
@@ -44,21 +48,27 @@ from backend.capture.folder import CaptureFolder
 from backend.capture.motion import SPLIT_TEST, SPLIT_TRAIN
 from backend.data.dataset import CaptureData, PreparationCancelled
 from backend.data.schedule import FrameSchedule
-from backend.errors import CaptureFormatError, CheckpointError
+from backend.errors import AvatarError, CaptureFormatError, CheckpointError
 from backend.features.geometry import BodyRasterizer
 from backend.features.keyframes import keyframe_count, select_keyframes
 from backend.metrics import psnr
 from backend.paths import ModelFolders
 from backend.progress import Progress, make_progress, write_preview_png
+from backend.render.evaluate import mean_psnr
 from backend.server.device import select_device
 from backend.train.checkpoint import (
-    Checkpoint,
     flatten_training_state,
     load_checkpoint,
     restore_training_state,
     save_checkpoint,
 )
-from backend.train.config import TrainingConfig, available_threads, config_from_dict, config_to_dict
+from backend.train.config import (
+    TRAINING_PRESETS,
+    TrainingConfig,
+    available_threads,
+    config_from_dict,
+    config_to_dict,
+)
 from backend.train.method import Method, method_class
 
 SAMPLE_CAPTURE_MARKER = "sample_capture.json"  # written by backend.capture.sample
@@ -80,7 +90,7 @@ class TrainResult:
 
     @property
     def best_psnr(self) -> float | None:
-        values = [entry["psnr"] for entry in self.validation]
+        values = [entry["psnr"] for entry in self.validation if not math.isnan(entry["psnr"])]
         return max(values) if values else None
 
 
@@ -118,6 +128,11 @@ class _Run:
         tensors, state = flatten_training_state(
             modules=self.method.modules(), optimizers=self.method.optimizers(), scalers=self.method.scalers()
         )
+        # An update can turn weights NaN after a finite loss; such a state is never saved, so
+        # the checkpoints on disk (and "latest") stay usable.
+        not_finite = [key for key, value in tensors.items() if value.is_floating_point() and not bool(value.isfinite().all())]
+        if not_finite:
+            self.diverged(step, f"the weights hold NaN or infinite values ({', '.join(not_finite[:3])})")
         meta = {
             "step": step,
             "config": {"method": self.method.name},
@@ -130,12 +145,18 @@ class _Run:
         )
         self.last_saved_step = step
 
-    def continue_from(self, checkpoint: Checkpoint) -> None:
+    def diverged(self, step: int, symptom: str) -> NoReturn:
+        """Stop the run: the weights have diverged, and every later step would build on garbage."""
+        raise AvatarError(
+            f"{self.out}: training diverged at step {step}: {symptom}; stopped without saving, the last good "
+            f"checkpoint is step {self.last_saved_step} (train again with a lower learning rate)"
+        )
+
+    def continue_from(self, resumed: "_Resumed") -> None:
         """Take over the validation history of the checkpoint a resumed run started from."""
-        self.validation = list(checkpoint.meta.get("validation") or [])
-        best = checkpoint.meta.get("best_psnr")
-        self.best_psnr = float(best) if isinstance(best, (int, float)) else -math.inf
-        self.last_saved_step = checkpoint.step
+        self.validation = list(resumed.validation)
+        self.best_psnr = resumed.best_psnr
+        self.last_saved_step = resumed.step
 
     # ------------------------------------------------------------------ validation
 
@@ -156,22 +177,81 @@ class _Run:
                     preview = pair.clamp(0, 1).cpu().numpy()
         finally:
             self.method.train_mode(True)
-        values = torch.cat(scores)
-        finite = values[torch.isfinite(values)]
-        value = float(finite.mean()) if finite.numel() else math.inf
+        value = mean_psnr(torch.cat(scores))  # NaN for a diverged model, so it never becomes the best
         self.validation.append({"step": step, "psnr": value, "split": self.validation_split})
         write_preview_png(preview, _preview_path(self.out))
         return value, preview
 
 
-def _restore_latest(checkpoints: Path, method: Method) -> Checkpoint:
+@dataclass
+class _Resumed:
+    """What a resumed run takes over from the checkpoint it continues (besides the method's state)."""
+
+    step: int
+    validation: list[dict[str, Any]]
+    best_psnr: float  # −inf when no validation has been finite yet
+
+
+def _restore_latest(checkpoints: Path, method: Method) -> _Resumed:
     """Load the latest checkpoint into ``method``: modules, optimizers, scalers and the random generators."""
     checkpoint = load_checkpoint(checkpoints, "latest")
     if checkpoint.config.get("method") != method.name:
         raise CheckpointError(checkpoint.path, f"is a {checkpoint.config.get('method')!r} checkpoint, the avatar is {method.name!r}")
+    best = checkpoint.meta.get("best_psnr")
+    if best is not None and (not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best)):
+        raise CheckpointError(checkpoint.path, f"meta.best_psnr must be a finite number or null, got {best!r}")
+    resumed = _Resumed(
+        step=checkpoint.step, validation=validation_history(checkpoint), best_psnr=-math.inf if best is None else float(best)
+    )
     restore_training_state(checkpoint, modules=method.modules(), optimizers=method.optimizers(), scalers=method.scalers())
     checkpoint.tensors.clear()  # the method holds what it needs; drop the rest before the data loads
-    return checkpoint
+    return resumed
+
+
+# How this run uses the machine, not what it learns: a resumed run takes them from its caller.
+RUN_ENVIRONMENT = ("threads", "device", "rasterizer", "cache_bytes")
+
+
+def _requested_settings(config: TrainingConfig) -> dict[str, Any]:
+    """The settings of ``config`` its caller evidently chose: those its preset does not give.
+
+    The CLI fills every option left out with the preset's value, so a setting equal to the
+    preset's (or the default preset itself) cannot be told from one left out and is not listed.
+    The iteration count and the run environment are not settings here (they may change when resuming).
+    """
+    preset = TRAINING_PRESETS.get(config.preset, TrainingConfig())
+    requested = {"preset": config.preset} if config.preset != TrainingConfig.preset else {}
+    for item in fields(TrainingConfig):
+        if item.name in ("iterations", *RUN_ENVIRONMENT):
+            continue
+        if getattr(config, item.name) != getattr(preset, item.name):
+            requested[item.name] = getattr(config, item.name)
+    return requested
+
+
+def _check_resume_settings(record_file: Path, recorded: TrainingConfig, config: TrainingConfig | None) -> None:
+    """Refuse to resume with settings other than the avatar's (only the iteration count may change)."""
+    if config is None:
+        return
+    changes = [
+        f"{name} {getattr(recorded, name)!r} → {value!r}"
+        for name, value in _requested_settings(config).items()
+        if getattr(recorded, name) != value
+    ]
+    if changes:
+        raise CheckpointError(
+            record_file,
+            f"the avatar was trained with other settings ({', '.join(changes)}); only the iteration count may "
+            "change when resuming (train a new avatar in another --out folder to use other settings)",
+        )
+
+
+def _check_losses_finite(losses: dict[str, torch.Tensor], step: int, run: _Run) -> None:
+    """Stop the run when a loss term is NaN or infinite (one check per step: a single sync)."""
+    values = torch.stack([value.detach().float().reshape(()) for value in losses.values()])
+    if not bool(values.isfinite().all()):
+        bad = ", ".join(f"{name}={float(value):g}" for name, value in losses.items() if not math.isfinite(float(value)))
+        run.diverged(step, f"the loss is not finite ({bad})")
 
 
 def _preview_path(out: Path) -> Path:
@@ -217,16 +297,22 @@ def train(
 
     ``config`` defaults to the CPU preset; ``method_config`` to the method's preset of the same
     name. When resuming, both come from ``out/avatar.json`` and only ``iterations`` (the new
-    total) may change.
+    total, recorded in ``avatar.json``) may change: a ``config`` asking for other settings raises
+    :class:`CheckpointError` (its ``iterations`` and any setting equal to its preset's are not
+    compared, see :func:`_requested_settings`; ``method_config`` is ignored).
     """
     out = Path(out)
     progress = progress or make_progress("none")
     capture_folder = CaptureFolder(capture)
     if resume:
         record = read_record(out)
-        config = config_from_dict(TrainingConfig, record.training, "training")
-        if iterations is not None:
-            config = config.with_overrides(iterations=iterations)
+        try:
+            recorded = config_from_dict(TrainingConfig, record.training, "training")
+        except ValueError as error:
+            raise CheckpointError(record_path(out), str(error)) from None
+        _check_resume_settings(record_path(out), recorded, config)
+        environment = {name: getattr(config, name) for name in RUN_ENVIRONMENT} if config is not None else {}
+        config = recorded.with_overrides(iterations=iterations, **environment)
     else:
         if record_path(out).exists():
             raise CheckpointError(record_path(out), "this folder already holds an avatar; pass --resume to continue it or choose another --out")
@@ -248,8 +334,8 @@ def train(
     # Restored before the data is prepared: a damaged checkpoint fails at once, and a cancel
     # during preparation knows the step. Preparing the data draws no random numbers, so the
     # restored generators still continue exactly where the interrupted run stopped.
-    checkpoint = _restore_latest(out / CHECKPOINTS, method) if resume else None
-    start = checkpoint.step if checkpoint is not None else 0
+    resumed = _restore_latest(out / CHECKPOINTS, method) if resume else None
+    start = resumed.step if resumed is not None else 0
 
     geometry = BodyRasterizer(
         body, capture_folder.tracking.motion.betas, method.needs, expand_offset=method.expand_offset, rasterizer=config.rasterizer
@@ -275,6 +361,9 @@ def train(
                 ),
             )
         keyframes = record.keyframes
+        if config.iterations != recorded.iterations:
+            record.training = config_to_dict(config)
+            write_record(out, record)
     else:
         record = _new_record(capture_folder, config, method.name, method_config, body, data.resolution)
         keyframes = []
@@ -291,16 +380,18 @@ def train(
             progress.log(f"{len(keyframes)} keyframes cover {selection.coverage:.1%} of the visible surface")
         record.keyframes = keyframes
         data.visible_faces = None
-        write_record(out, record)
 
     run = _Run(out, config, record, method, data, progress)
-    if checkpoint is not None:
-        run.continue_from(checkpoint)
+    if resumed is not None:
+        run.continue_from(resumed)
     schedule = FrameSchedule.build(
         data.train_frames, keyframes, batch_size=config.batch_size, keyframe_every=method.keyframe_every, seed=config.seed
     )
     if not resume:
         run.save(0, name=INITIAL_CHECKPOINT)  # the untrained avatar, kept for comparisons
+        # Only now: a folder with avatar.json always has a checkpoint to resume, and one whose
+        # first save failed holds no record, so training it again simply starts over.
+        write_record(out, record)
         _report_validation(run, 0, progress, config.iterations)
 
     step_seconds: list[float] = []
@@ -316,6 +407,7 @@ def train(
         frames, keyframe = schedule.frames_for(step)
         losses = method.train_step(data.batch(frames, keyframe), step)
         step += 1
+        _check_losses_finite(losses, step, run)
         for name, value in losses.items():
             sums[name] = sums.get(name, 0) + value
         count += 1
