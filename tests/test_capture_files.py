@@ -104,6 +104,11 @@ def _expect_error(tmp_path, arrays: dict, needle: str) -> None:
         (lambda a: a.__setitem__("format", np.array("something-else")), "expected 'neural-avatar-tracking'"),
         (lambda a: a.__setitem__("format_version", np.array(99)), "newer than this version reads"),
         (lambda a: a.__setitem__("gender", np.array("robot")), "gender must be"),
+        (lambda a: a.__setitem__("gender", np.array(["male", "female"])), "'gender' must be one string"),
+        (lambda a: a.__setitem__("image_size", np.array([64.5, 64.0])), "'image_size' must be two positive integers"),
+        (lambda a: a.__setitem__("image_size", np.array([0, 64])), "'image_size' must be two positive integers"),
+        (lambda a: a.__setitem__("betas", np.zeros((FRAMES, 10))), "betas must be (S,)"),
+        (lambda a: a.__setitem__("mano_left_betas", np.zeros((FRAMES, 10))), "mano_left_betas must be (S,)"),
     ],
 )
 def test_tracking_rejects_malformed(tmp_path, mutate, needle):

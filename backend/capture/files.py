@@ -56,6 +56,8 @@ def _string(data: dict[str, np.ndarray], key: str, default: str) -> str:
     if key not in data:
         return default
     value = data[key]
+    if value.size != 1:
+        raise ValueError(f"'{key}' must be one string, got an array of shape {value.shape}")
     if value.dtype.kind == "S":
         return value.item().decode("utf-8", "replace").strip().lower()
     if value.dtype.kind == "U":
@@ -132,6 +134,8 @@ def _tracking_from_arrays(data: dict[str, np.ndarray]) -> Tracking:
         size = np.asarray(data["image_size"]).reshape(-1)
         if size.shape != (2,):
             raise ValueError(f"'image_size' must be (height, width), got shape {data['image_size'].shape}")
+        if size.dtype.kind not in "iuf" or not np.all(np.isfinite(size)) or np.any(size != np.round(size)) or np.any(size < 1):
+            raise ValueError(f"'image_size' must be two positive integers (height, width), got {size.tolist()}")
         camera = CameraTrack(
             K=_per_frame_or_constant(data["camera_K"], frames, (3, 3), "camera_K"),
             world_to_camera=_per_frame_or_constant(

@@ -24,6 +24,14 @@ SMPLX_POSE_WIDTH = sum(width for _, width in SMPLX_POSE_PARTS)  # 165
 UP_AXES = ("y", "-y", "z")
 
 
+def _identity(value: np.ndarray, name: str) -> np.ndarray:
+    """(S,) float32 shape coefficients; (1, S) is accepted, per-frame (T, S) is not (identity is constant)."""
+    betas = np.asarray(value, np.float32)
+    if betas.ndim > 2 or (betas.ndim == 2 and betas.shape[0] != 1):
+        raise ValueError(f"{name} must be (S,) - one identity for the whole motion - got shape {betas.shape}")
+    return np.ascontiguousarray(betas.reshape(-1))
+
+
 def _frames(array: np.ndarray, width: int, name: str) -> np.ndarray:
     array = np.asarray(array, dtype=np.float32)
     if array.ndim != 2 or array.shape[1] != width:
@@ -66,7 +74,7 @@ class SmplxMotion:
         self.expression = np.ascontiguousarray(np.asarray(self.expression, np.float32))
         if self.expression.ndim != 2:
             raise ValueError(f"expression must be (frames, E), got {self.expression.shape}")
-        self.betas = np.ascontiguousarray(np.asarray(self.betas, np.float32).reshape(-1))
+        self.betas = _identity(self.betas, "betas")
         for name in ("body_pose", "transl", "expression", *[n for n, _ in SMPLX_POSE_PARTS]):
             if getattr(self, name).shape[0] != frames:
                 raise ValueError(f"{name} has {getattr(self, name).shape[0]} frames, global_orient has {frames}")
@@ -202,7 +210,7 @@ class ManoTrack:
         self.global_orient = _frames(self.global_orient, 3, f"mano_{self.side} global_orient")
         self.hand_pose = _frames(self.hand_pose, 45, f"mano_{self.side} hand_pose")
         self.transl = _frames(self.transl, 3, f"mano_{self.side} transl")
-        self.betas = np.ascontiguousarray(np.asarray(self.betas, np.float32).reshape(-1))
+        self.betas = _identity(self.betas, f"mano_{self.side}_betas")
         if not (self.global_orient.shape[0] == self.hand_pose.shape[0] == self.transl.shape[0]):
             raise ValueError(f"mano_{self.side} arrays have different frame counts")
 
