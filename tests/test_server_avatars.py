@@ -134,9 +134,11 @@ def test_render_equals_the_in_process_render(server, avatar_id, local_avatar, he
         np.testing.assert_allclose(rgba.astype(np.float32), expected, atol=1e-3, rtol=0)  # fp16: 2^-11 near 1
         alpha = rgba[..., 3].astype(np.float32)
     body = body_mask(local_avatar, {k: v[:3] for k, v in poses.items()}, K[:3], w2c[:3], (64, 64))
-    assert body.mean() > 0.05 and alpha[body].mean() > 0.6  # the person is drawn where the body projects
+    # The person is drawn where the body projects, and little elsewhere (a 60-step training: soft,
+    # not yet opaque, but an untrained renderer's alpha is about the same everywhere).
+    assert body.mean() > 0.05 and alpha[body].mean() > 0.5
     far = ~np.array([binary_dilation(mask, iterations=6) for mask in body])
-    assert alpha[far].mean() < 0.1  # and little elsewhere (a short training: not perfectly clean)
+    assert alpha[far].mean() < 0.1
     colour = rgba[..., :3].astype(np.float32)
     assert np.all(colour <= rgba[..., 3:].astype(np.float32) + (1 if dtype == "uint8" else 1e-3))  # premultiplied
 
@@ -165,7 +167,8 @@ def test_an_unseen_pose_given_by_a_few_parameters_renders(server, avatar_id, loc
     with server.client() as client:
         rgba = as_array(client.request("render", {"avatar_id": avatar_id, "width": 64, "height": 64}, arrays).arrays["rgba"])
     body = body_mask(local_avatar, pose, K[0], w2c[0], (64, 64))
-    assert rgba[..., 3][body].mean() > 0.6 * 255
+    far = ~binary_dilation(body[0], iterations=6)
+    assert rgba[0, ..., 3][body[0]].mean() > 0.5 * 255 and rgba[0, ..., 3][far].mean() < 0.1 * 255
     expected = local_avatar.render(pose, K[0], w2c[0], 64)
     assert np.abs(rgba.astype(int) - np.round(expected * 255).astype(int)).max() <= 1
 
