@@ -13,7 +13,6 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-import blender_addon  # noqa: E402
 from blender_addon import panels, preferences  # noqa: E402
 from blender_addon.bench_import import synthetic_motion, synthetic_template  # noqa: E402
 from blender_addon.client import Reply  # noqa: E402
